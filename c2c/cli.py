@@ -1,0 +1,33 @@
+"""The `c2c` command: every user-facing subcommand, declared in one place.
+
+Each subcommand's options live on the function that implements it (in its own module); this file
+only assembles them, so `c2c --help` is the map of the project.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Cache-to-Cache over gRPC.", no_args_is_help=True, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks that print JSON.", no_args_is_help=True)
+trace_app = typer.Typer(help="Inspect recorded traces.", no_args_is_help=True)
+zoo_app = typer.Typer(help="Build the bundled model pair.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(trace_app, name="trace")
+app.add_typer(zoo_app, name="zoo")
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from c2c import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The receiver gRPC server: own prefill, streaming sharer client, per-layer fusion, generation."""

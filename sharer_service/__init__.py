@@ -1,0 +1,1 @@
+"""The sharer gRPC server: model loading, prefill, token alignment, KV streaming."""
