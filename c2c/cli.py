@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 
+from c2c.trace_view import show_command as trace_show_command
+
 app = typer.Typer(help="Cache-to-Cache over gRPC.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks that print JSON.", no_args_is_help=True)
 trace_app = typer.Typer(help="Inspect recorded traces.", no_args_is_help=True)
@@ -15,6 +17,7 @@ zoo_app = typer.Typer(help="Build the bundled model pair.", no_args_is_help=True
 app.add_typer(bench_app, name="bench")
 app.add_typer(trace_app, name="trace")
 app.add_typer(zoo_app, name="zoo")
+trace_app.command("show")(trace_show_command)
 
 
 @app.command()
