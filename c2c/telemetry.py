@@ -31,6 +31,7 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.grpc import client_interceptor, filters, server_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -340,7 +341,8 @@ def grpc_server_interceptor() -> grpc.ServerInterceptor:
 
 def intercept_client_channel(channel: grpc.Channel) -> grpc.Channel:
     """The channel with a client interceptor that opens a CLIENT span and sends its context."""
-    return grpc.intercept_channel(
+    # The instrumentation's interceptor speaks its own grpcext protocol, hence its wrapper.
+    return intercept_channel(
         channel, client_interceptor(filter_=filters.negate(filters.health_check()))
     )
 

@@ -1,0 +1,82 @@
+"""Two processes that talk gRPC with c2c.telemetry set up, for telemetry tests.
+
+``python -m tests.traced_rpc_pair server`` serves Sharer.Describe through the telemetry server
+interceptor and opens ``sharer.prefill`` / ``kv.encode`` spans inside it; it prints its port and
+serves until stdin closes. ``python -m tests.traced_rpc_pair client PORT [TRACEPARENT]`` opens
+``receiver.generate`` and calls it through the telemetry client interceptor, or, given a W3C
+``traceparent``, calls with that header on a plain channel, as a foreign caller would. Each
+process exports as its ``OTEL_*`` environment says, like the real services.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent import futures
+
+import grpc
+from opentelemetry import trace
+
+from c2c.telemetry import (
+    current_trace_id,
+    grpc_server_interceptor,
+    intercept_client_channel,
+    record_request,
+    setup_telemetry,
+)
+from protos import c2c_pb2, c2c_pb2_grpc
+
+tracer = trace.get_tracer(__name__)
+
+
+class TracedDescribe(c2c_pb2_grpc.SharerServicer):
+    def Describe(self, request, context):  # noqa: N802 (gRPC method name)
+        with tracer.start_as_current_span("sharer.prefill", attributes={"c2c.layers": 2}):
+            with tracer.start_as_current_span("sharer.forward"):
+                time.sleep(0.01)
+            with tracer.start_as_current_span("kv.encode") as span:
+                span.set_attribute("c2c.encoded_bytes", 4096)
+                time.sleep(0.005)
+        return c2c_pb2.ModelCard(model_name="demo", num_layers=2)
+
+
+def serve() -> None:
+    telemetry = setup_telemetry("demo-sharer", model_name="demo")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), interceptors=[grpc_server_interceptor()]
+    )
+    c2c_pb2_grpc.add_SharerServicer_to_server(TracedDescribe(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(grace=None)
+    telemetry.shutdown()
+
+
+def call(port: int, traceparent: str | None) -> None:
+    telemetry = setup_telemetry("demo-receiver", model_name="demo")
+    target = f"127.0.0.1:{port}"
+    if traceparent:
+        with grpc.insecure_channel(target) as channel:
+            c2c_pb2_grpc.SharerStub(channel).Describe(
+                c2c_pb2.DescribeRequest(), metadata=[("traceparent", traceparent)], timeout=10
+            )
+    else:
+        with tracer.start_as_current_span("receiver.generate", attributes={"c2c.mode": "c2c"}):
+            print(current_trace_id(), flush=True)
+            with tracer.start_as_current_span("receiver.tokenize"):
+                time.sleep(0.002)
+            with intercept_client_channel(grpc.insecure_channel(target)) as channel:
+                c2c_pb2_grpc.SharerStub(channel).Describe(c2c_pb2.DescribeRequest(), timeout=10)
+            with tracer.start_as_current_span("decoding", attributes={"c2c.new_tokens": 4}):
+                time.sleep(0.003)
+        record_request("c2c", "ok", 20.0, transfer_ms=5.0, fusion_ms=1.0, bytes_on_wire=4096)
+    telemetry.shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve()
+    else:
+        call(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
