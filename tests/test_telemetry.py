@@ -7,7 +7,6 @@ the spans and metrics are checked where they arrive: a real OTLP receiver on 127
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -23,22 +22,13 @@ from tests.otlp_receiver import (
     ReceivedSpan,
     running_otlp_receiver,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.traced_rpc_pair import REPO, clean_env, run_traced_pair
 
 
 @pytest.fixture
 def collector() -> Iterator[OtlpReceiver]:
     with running_otlp_receiver() as receiver:
         yield receiver
-
-
-def clean_env(**otel: str) -> dict[str, str]:
-    """This process's environment without any OTEL_* setting, plus ``otel``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(otel)
-    return env
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -50,37 +40,6 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
-
-
-def run_traced_pair(
-    server_env: dict[str, str], client_env: dict[str, str], traceparent: str = ""
-) -> str:
-    """Run tests.traced_rpc_pair's server and one client call; the client's stdout."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.traced_rpc_pair", "server"],
-        env=server_env,
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = server.stdout.readline().strip()
-        assert port.isdigit(), f"server did not start (printed {port!r})"
-        client = subprocess.run(
-            [sys.executable, "-m", "tests.traced_rpc_pair", "client", port]
-            + ([traceparent] if traceparent else []),
-            env=client_env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert client.returncode == 0, client.stderr
-    finally:
-        server.stdin.close()
-        server.wait(timeout=30)
-    return client.stdout
 
 
 def by_name(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:

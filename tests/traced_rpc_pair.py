@@ -10,9 +10,12 @@ process exports as its ``OTEL_*`` environment says, like the real services.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from opentelemetry import trace
@@ -27,6 +30,7 @@ from c2c.telemetry import (
 from protos import c2c_pb2, c2c_pb2_grpc
 
 tracer = trace.get_tracer(__name__)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class TracedDescribe(c2c_pb2_grpc.SharerServicer):
@@ -73,6 +77,45 @@ def call(port: int, traceparent: str | None) -> None:
                 time.sleep(0.003)
         record_request("c2c", "ok", 20.0, transfer_ms=5.0, fusion_ms=1.0, bytes_on_wire=4096)
     telemetry.shutdown()
+
+
+def clean_env(**otel: str) -> dict[str, str]:
+    """This process's environment without any OTEL_* setting, plus ``otel``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(otel)
+    return env
+
+
+def run_traced_pair(
+    server_env: dict[str, str], client_env: dict[str, str], traceparent: str = ""
+) -> str:
+    """Run tests.traced_rpc_pair's server and one client call; the client's stdout."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.traced_rpc_pair", "server"],
+        env=server_env,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = server.stdout.readline().strip()
+        assert port.isdigit(), f"server did not start (printed {port!r})"
+        client = subprocess.run(
+            [sys.executable, "-m", "tests.traced_rpc_pair", "client", port]
+            + ([traceparent] if traceparent else []),
+            env=client_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert client.returncode == 0, client.stderr
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    return client.stdout
 
 
 if __name__ == "__main__":
