@@ -1,0 +1,245 @@
+"""Texts the bundled pair is trained on and the questions it is evaluated on, cut into splits.
+
+The split mirrors the paper's setting in miniature:
+
+- the sharer reads paraphrased fact statements about everyone (receiver, fuser and evaluation
+  people) and never a question;
+- the receiver is smaller, reads statements and question/answer drills about the receiver people
+  only, so it knows the formats but not most of the facts;
+- the fuser trains on questions about the fuser people, asked with the fuser question templates;
+- the evaluation asks multiple-choice questions about the evaluation people, with the evaluation
+  templates: people and templates the fuser never saw, facts the receiver never saw.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from c2c.zoo.world import ATTRIBUTES, Person, World, build_world
+
+LETTERS = "ABCD"
+
+STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "town": (
+        "{name} lives in {value}.",
+        "{name}'s home is in {value}.",
+        "{value} is where {name} lives.",
+        "{name} has a house in {value}.",
+        "The town of {name} is {value}.",
+        "{name} grew up in {value} and still lives there.",
+    ),
+    "trade": (
+        "{name} works as a {value}.",
+        "{name} is a {value} by trade.",
+        "By trade, {name} is a {value}.",
+        "{name} earns a living as a {value}.",
+        "The trade of {name} is {value}.",
+        "Everyone knows {name} as the local {value}.",
+    ),
+    "pet": (
+        "{name} keeps a {value} as a pet.",
+        "{name}'s pet is a {value}.",
+        "The pet of {name} is a {value}.",
+        "At home, {name} looks after a {value}.",
+        "{name} owns a pet {value}.",
+        "A {value} lives with {name} as a pet.",
+    ),
+    "instrument": (
+        "{name} plays the {value}.",
+        "{name}'s instrument is the {value}.",
+        "The instrument {name} plays is the {value}.",
+        "In the evenings {name} practises the {value}.",
+        "{name} is known for playing the {value}.",
+        "Music from the {value} is what {name} makes.",
+    ),
+}
+
+# Question templates per attribute, in two disjoint groups: the fuser trains on the first, the
+# evaluation asks with the second. The receiver drills on both (about other people).
+FUSER_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "town": ("Where does {name} live?", "In which town is the home of {name}?"),
+    "trade": ("What does {name} work as?", "What is the trade of {name}?"),
+    "pet": ("What pet does {name} keep?", "Which animal is the pet of {name}?"),
+    "instrument": ("What does {name} play?", "Which instrument does {name} play?"),
+}
+EVAL_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "town": ("Which town does {name} live in?", "What is the home town of {name}?"),
+    "trade": ("How does {name} earn a living?", "What job does {name} have?"),
+    "pet": ("What animal does {name} have as a pet?", "What is the pet of {name}?"),
+    "instrument": ("What instrument is played by {name}?", "What does {name} make music with?"),
+}
+
+
+@dataclass(frozen=True)
+class MultipleChoiceQuestion:
+    """An MMLU-style question: four choices, ``answer`` is the index of the right one."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str = ""
+    attribute: str = ""
+
+    @property
+    def answer_letter(self) -> str:
+        return LETTERS[self.answer]
+
+
+@dataclass(frozen=True)
+class PromptResponse:
+    """One fuser-training example: the receiver should say ``response`` after ``prompt``."""
+
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many people each split holds and how much text each model reads."""
+
+    receiver_people: int = 200
+    fuser_people: int = 400
+    eval_people: int = 250
+    sharer_bios_per_person: int = 24
+    receiver_bios_per_person: int = 8
+    receiver_drills_per_fact: int = 6
+    fuser_examples_per_fact: int = 2
+
+
+@dataclass(frozen=True)
+class ZooSplits:
+    """Everything the zoo trains and evaluates on, generated from one seed."""
+
+    world: World
+    receiver_people: tuple[Person, ...]
+    fuser_people: tuple[Person, ...]
+    eval_people: tuple[Person, ...]
+    sharer_texts: tuple[str, ...]
+    receiver_texts: tuple[str, ...]
+    fuser_examples: tuple[PromptResponse, ...]
+    eval_questions: tuple[MultipleChoiceQuestion, ...]
+
+
+def render_prompt(question: MultipleChoiceQuestion) -> str:
+    """The multiple-choice prompt the receiver was drilled on; the answer is one letter."""
+    options = "".join(f"{LETTERS[i]}. {choice}\n" for i, choice in enumerate(question.choices))
+    return f"Question: {question.question}\n{options}Answer:"
+
+
+def render_answer(question: MultipleChoiceQuestion) -> str:
+    return f" {question.answer_letter}"
+
+
+def open_prompt(question_text: str) -> str:
+    """A question without choices, answered with the attribute's value."""
+    return f"Question: {question_text}\nAnswer:"
+
+
+def bio(person: Person, rng: random.Random) -> str:
+    """All of one person's facts, each in a random paraphrase, in a random order."""
+    sentences = [
+        rng.choice(STATEMENT_TEMPLATES[attribute]).format(name=person.name, value=value)
+        for attribute, value in person.facts.items()
+    ]
+    rng.shuffle(sentences)
+    return " ".join(sentences)
+
+
+def multiple_choice(
+    person: Person, attribute: str, template: str, rng: random.Random
+) -> MultipleChoiceQuestion:
+    """A question about one fact with three distractors from the same closed set."""
+    values = next(a.values for a in ATTRIBUTES if a.name == attribute)
+    correct = person.facts[attribute]
+    choices = [correct, *rng.sample([v for v in values if v != correct], 3)]
+    rng.shuffle(choices)
+    return MultipleChoiceQuestion(
+        question=template.format(name=person.name),
+        choices=tuple(choices),
+        answer=choices.index(correct),
+        subject=person.name,
+        attribute=attribute,
+    )
+
+
+def _receiver_drills(person: Person, count: int, rng: random.Random) -> list[str]:
+    drills = []
+    for attribute, value in person.facts.items():
+        templates = FUSER_QUESTION_TEMPLATES[attribute] + EVAL_QUESTION_TEMPLATES[attribute]
+        for _ in range(count):
+            template = rng.choice(templates)
+            if rng.random() < 0.75:
+                question = multiple_choice(person, attribute, template, rng)
+                drills.append(render_prompt(question) + render_answer(question))
+            else:
+                drills.append(open_prompt(template.format(name=person.name)) + f" {value}")
+    return drills
+
+
+def _fuser_examples(person: Person, count: int, rng: random.Random) -> list[PromptResponse]:
+    examples = []
+    for attribute, value in person.facts.items():
+        for template in FUSER_QUESTION_TEMPLATES[attribute]:
+            for _ in range(count):
+                question = multiple_choice(person, attribute, template, rng)
+                examples.append(PromptResponse(render_prompt(question), render_answer(question)))
+            examples.append(
+                PromptResponse(open_prompt(template.format(name=person.name)), f" {value}")
+            )
+    return examples
+
+
+def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
+    """The world and every split, deterministic in ``seed``."""
+    total = sizes.receiver_people + sizes.fuser_people + sizes.eval_people
+    world = build_world(total, seed=seed)
+    receiver = world.people[: sizes.receiver_people]
+    fuser = world.people[sizes.receiver_people : sizes.receiver_people + sizes.fuser_people]
+    evaluation = world.people[sizes.receiver_people + sizes.fuser_people :]
+    rng = random.Random(seed + 1)
+
+    sharer_texts = [
+        bio(person, rng) for person in world.people for _ in range(sizes.sharer_bios_per_person)
+    ]
+    receiver_texts = [
+        bio(person, rng) for person in receiver for _ in range(sizes.receiver_bios_per_person)
+    ]
+    for person in receiver:
+        receiver_texts.extend(_receiver_drills(person, sizes.receiver_drills_per_fact, rng))
+    fuser_examples = [
+        example
+        for person in fuser
+        for example in _fuser_examples(person, sizes.fuser_examples_per_fact, rng)
+    ]
+    eval_questions = [
+        multiple_choice(
+            person, attribute.name, rng.choice(EVAL_QUESTION_TEMPLATES[attribute.name]), rng
+        )
+        for person in evaluation
+        for attribute in ATTRIBUTES
+    ]
+    rng.shuffle(sharer_texts)
+    rng.shuffle(receiver_texts)
+    rng.shuffle(fuser_examples)
+    return ZooSplits(
+        world=world,
+        receiver_people=receiver,
+        fuser_people=fuser,
+        eval_people=evaluation,
+        sharer_texts=tuple(sharer_texts),
+        receiver_texts=tuple(receiver_texts),
+        fuser_examples=tuple(fuser_examples),
+        eval_questions=tuple(eval_questions),
+    )
+
+
+def question_record(question: MultipleChoiceQuestion) -> dict:
+    """The MMLU-style JSONL record of a question (what ``c2c eval --questions`` reads)."""
+    return {
+        "question": question.question,
+        "choices": list(question.choices),
+        "answer": question.answer,
+        "subject": question.subject,
+        "attribute": question.attribute,
+    }
