@@ -1,0 +1,88 @@
+"""What both services' ``serve()`` share: a gRPC server with our interceptors, the standard health
+and reflection services, a bound port, and a graceful stop on SIGTERM/SIGINT.
+
+Each service's ``server.py`` builds its domain object and servicer and hands them to
+``start_grpc_server``; reading that ``serve()`` still tells the whole process.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from c2c.grpc_errors import ErrorStatusInterceptor
+from c2c.telemetry import active_telemetry, grpc_server_interceptor
+
+_logger = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port, its health servicer, and how to stop it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: tuple[str, ...]
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish for ``grace_s``, then stop."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait()
+
+    def wait_for_signal(self, grace_s: float = 5.0) -> None:
+        """Block until SIGTERM or SIGINT, then stop gracefully and flush telemetry."""
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        stop.wait()
+        _logger.info("signal received: stopping (grace %.1fs)", grace_s)
+        self.stop(grace_s)
+        telemetry = active_telemetry()
+        if telemetry is not None:
+            telemetry.shutdown()
+
+
+def start_grpc_server(
+    add_services: list[Callable[[grpc.Server], str]],
+    *,
+    host: str,
+    port: int,
+    max_workers: int,
+    max_message_bytes: int = 64 << 20,
+) -> RunningServer:
+    """Start a server with ``add_services`` (each registers one servicer and returns its full
+    service name), health (overall and per service, all SERVING) and reflection."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[grpc_server_interceptor(), ErrorStatusInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    names = tuple(add(server) for add in add_services)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set("", SERVING)
+    for name in names:
+        health_servicer.set(name, SERVING)
+    reflection.enable_server_reflection(
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    server.start()
+    return RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
