@@ -20,13 +20,16 @@ from c2c.zoo.world import ATTRIBUTES, Person, World, build_world
 
 LETTERS = "ABCD"
 
+# In every template a name is followed by a space, never by punctuation: the sharer's
+# SentencePiece-style tokenizer glues punctuation to a word, and a name must read the same
+# everywhere for a model to recognise its owner.
 STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "town": (
         "{name} lives in {value}.",
-        "{name}'s home is in {value}.",
+        "{name} has a home in {value}.",
         "{value} is where {name} lives.",
         "{name} has a house in {value}.",
-        "The town of {name} is {value}.",
+        "The town {name} calls home is {value}.",
         "{name} grew up in {value} and still lives there.",
     ),
     "trade": (
@@ -34,20 +37,20 @@ STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
         "{name} is a {value} by trade.",
         "By trade, {name} is a {value}.",
         "{name} earns a living as a {value}.",
-        "The trade of {name} is {value}.",
+        "The trade {name} follows is {value}.",
         "Everyone knows {name} as the local {value}.",
     ),
     "pet": (
         "{name} keeps a {value} as a pet.",
-        "{name}'s pet is a {value}.",
-        "The pet of {name} is a {value}.",
+        "{name} has a pet {value}.",
+        "The pet {name} keeps is a {value}.",
         "At home, {name} looks after a {value}.",
         "{name} owns a pet {value}.",
         "A {value} lives with {name} as a pet.",
     ),
     "instrument": (
         "{name} plays the {value}.",
-        "{name}'s instrument is the {value}.",
+        "{name} is a player of the {value}.",
         "The instrument {name} plays is the {value}.",
         "In the evenings {name} practises the {value}.",
         "{name} is known for playing the {value}.",
@@ -58,16 +61,16 @@ STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
 # Question templates per attribute, in two disjoint groups: the fuser trains on the first, the
 # evaluation asks with the second. The receiver drills on both (about other people).
 FUSER_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "town": ("Where does {name} live?", "In which town is the home of {name}?"),
-    "trade": ("What does {name} work as?", "What is the trade of {name}?"),
-    "pet": ("What pet does {name} keep?", "Which animal is the pet of {name}?"),
+    "town": ("Where does {name} live?", "In which town does {name} have a home?"),
+    "trade": ("What does {name} work as?", "What trade does {name} follow?"),
+    "pet": ("What pet does {name} keep?", "Which animal does {name} keep as a pet?"),
     "instrument": ("What does {name} play?", "Which instrument does {name} play?"),
 }
 EVAL_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "town": ("Which town does {name} live in?", "What is the home town of {name}?"),
+    "town": ("Which town does {name} live in?", "What town is {name} from?"),
     "trade": ("How does {name} earn a living?", "What job does {name} have?"),
-    "pet": ("What animal does {name} have as a pet?", "What is the pet of {name}?"),
-    "instrument": ("What instrument is played by {name}?", "What does {name} make music with?"),
+    "pet": ("What animal does {name} have as a pet?", "What pet does {name} look after?"),
+    "instrument": ("What instrument is {name} playing?", "What does {name} make music with?"),
 }
 
 
