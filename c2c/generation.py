@@ -94,7 +94,7 @@ class ModelRunner:
         with self._lock:
             output = self.model(
                 input_ids=input_ids.to(self.device),
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -118,7 +118,7 @@ class ModelRunner:
                     for index, layer in enumerate(decoder.layers)
                 ]
             try:
-                decoder(input_ids=input_ids.to(self.device), past_key_values=cache, use_cache=True)
+                decoder(input_ids=input_ids.to(self.device), cache=cache, use_cache=True)
             finally:
                 for hook in hooks:
                     hook.remove()
