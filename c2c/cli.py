@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from c2c.benchmarks.codec import codec_command
 from c2c.trace_view import show_command as trace_show_command
 
 app = typer.Typer(help="Cache-to-Cache over gRPC.", no_args_is_help=True, add_completion=False)
@@ -17,6 +18,7 @@ zoo_app = typer.Typer(help="Build the bundled model pair.", no_args_is_help=True
 app.add_typer(bench_app, name="bench")
 app.add_typer(trace_app, name="trace")
 app.add_typer(zoo_app, name="zoo")
+bench_app.command("codec")(codec_command)
 trace_app.command("show")(trace_show_command)
 
 
