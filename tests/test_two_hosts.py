@@ -1,0 +1,236 @@
+"""The sharer and the receiver as two hosts joined by a real, rate-limited network link.
+
+Two network namespaces stand for two machines: each has its own address on a veth pair, and
+`tc` shapes each direction of the link. The services run one per namespace, bound to their own
+address, and a client in the receiver's namespace sends C2C requests, so the KV cache crosses a
+network boundary exactly as between two nodes. Needs root (CAP_NET_ADMIN), as CI runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEALTH_CHECK = REPO / "deploy" / "docker" / "grpc_health_check.py"
+# Slow enough that moving a tiny model's KV cache takes measurable time on the wire.
+LINK_RATE_BITS = 8_000_000
+# Link delay, applied where the kernel has sch_netem (the rate works with tbf alone).
+LINK_DELAY_MS = 1
+SUBNET = "10.203.7"
+
+
+@dataclass
+class TwoHosts:
+    """Two namespaces, one address each, and the processes started inside them."""
+
+    sharer_ns: str
+    receiver_ns: str
+    sharer_ip: str
+    receiver_ip: str
+    rate_bits: int
+    delay_ms: float
+    logs: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def run(self, ns: str, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self, ns: str, argv: list[str], name: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT
+        )
+        self.processes.append(process)
+        return process
+
+    def log_of(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+
+def ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def shape(ns: str, device: str, rate_bits: int, delay_ms: float) -> float:
+    """Limit the device's egress to rate_bits; add delay_ms when netem exists. Returns the delay
+    actually applied."""
+    netem = ["netem", "delay", f"{delay_ms}ms", "rate", f"{rate_bits}bit", "limit", "10000"]
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", device, "root", *netem],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode == 0:
+        return delay_ms
+    # A small bucket: bursts at line rate would hide the limit for transfers of a few KiB.
+    tbf = ["tbf", "rate", f"{rate_bits}bit", "burst", "4kb", "latency", "2s"]
+    ip("netns", "exec", ns, "tc", "qdisc", "add", "dev", device, "root", *tbf)
+    return 0.0
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHosts]:
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"{missing} not found: install iproute2 (bash deploy/install-test-tools.sh)")
+    tag = os.getpid()
+    hosts = TwoHosts(
+        sharer_ns=f"c2c-sharer-{tag}",
+        receiver_ns=f"c2c-receiver-{tag}",
+        sharer_ip=f"{SUBNET}.1",
+        receiver_ip=f"{SUBNET}.2",
+        rate_bits=LINK_RATE_BITS,
+        delay_ms=0.0,
+        logs=tmp_path_factory.mktemp("two_hosts"),
+    )
+    created: list[str] = []
+    try:
+        for ns in (hosts.sharer_ns, hosts.receiver_ns):
+            try:
+                ip("netns", "add", ns)
+            except RuntimeError as error:
+                pytest.fail(
+                    f"cannot create network namespaces here (needs root or CAP_NET_ADMIN): {error}"
+                )
+            created.append(ns)
+        sharer_dev, receiver_dev = f"c2cs{tag % 10**8}", f"c2cr{tag % 10**8}"
+        ip(
+            *("link", "add", sharer_dev, "netns", hosts.sharer_ns, "type", "veth"),
+            *("peer", "name", receiver_dev, "netns", hosts.receiver_ns),
+        )
+        for ns, dev, address in (
+            (hosts.sharer_ns, sharer_dev, hosts.sharer_ip),
+            (hosts.receiver_ns, receiver_dev, hosts.receiver_ip),
+        ):
+            ip("-n", ns, "addr", "add", f"{address}/30", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+            hosts.delay_ms = shape(ns, dev, LINK_RATE_BITS, LINK_DELAY_MS)
+        yield hosts
+    finally:
+        stop(hosts.processes)
+        for ns in created:
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+# A bulk TCP transfer over the link: the sender streams COUNT bytes, the receiver times them.
+SEND_BYTES = """
+import socket, sys
+listener = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+connection, _ = listener.accept()
+connection.sendall(b"x" * int(sys.argv[3]))
+connection.close()
+"""
+RECEIVE_BYTES = """
+import json, socket, sys, time
+for _ in range(100):
+    try:
+        start = time.perf_counter()
+        connection = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        break
+    except OSError:
+        time.sleep(0.05)
+connect_s = time.perf_counter() - start
+first = connection.recv(65536)
+began, count = time.perf_counter(), len(first)
+while chunk := connection.recv(65536):
+    count += len(chunk)
+print(json.dumps({"connect_s": connect_s, "bytes": count, "seconds": time.perf_counter() - began}))
+"""
+
+
+def test_link_carries_traffic_between_the_hosts_at_the_shaped_rate(two_hosts: TwoHosts) -> None:
+    size = 400_000
+    port = "45001"
+    two_hosts.start(
+        two_hosts.sharer_ns,
+        [sys.executable, "-c", SEND_BYTES, two_hosts.sharer_ip, port, str(size)],
+        "bulk_sender",
+    )
+    done = two_hosts.run(
+        two_hosts.receiver_ns, [sys.executable, "-c", RECEIVE_BYTES, two_hosts.sharer_ip, port]
+    )
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    assert measured["bytes"] == size
+    rate = measured["bytes"] * 8 / measured["seconds"]
+    # Never faster than the link (plus one token bucket); not starved either.
+    assert rate <= two_hosts.rate_bits * 1.15, f"{rate:.0f} bit/s beats the {two_hosts.rate_bits}"
+    assert rate >= two_hosts.rate_bits * 0.5, f"{rate:.0f} bit/s on a {two_hosts.rate_bits} link"
+    assert measured["connect_s"] >= 2 * two_hosts.delay_ms / 1000
+
+
+def wait_until_serving(
+    hosts: TwoHosts, ns: str, address: str, server: subprocess.Popen, name: str, limit_s: float
+) -> None:
+    """Poll the server's health service from namespace ns with the images' health check."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        check = hosts.run(ns, [sys.executable, str(HEALTH_CHECK), f"--addr={address}"])
+        if check.returncode == 0:
+            return
+        if server.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(
+                f"{name} at {address} never served ({check.stdout.strip()}):\n"
+                f"{hosts.log_of(name)[-3000:]}"
+            )
+        time.sleep(0.5)
+
+
+HEALTH_SERVER = """
+import sys, time
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+server.add_insecure_port(sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+
+def test_grpc_health_server_on_one_host_answers_a_client_on_the_other(
+    two_hosts: TwoHosts,
+) -> None:
+    address = f"{two_hosts.sharer_ip}:45002"
+    server = two_hosts.start(
+        two_hosts.sharer_ns, [sys.executable, "-c", HEALTH_SERVER, address], "health"
+    )
+    wait_until_serving(two_hosts, two_hosts.receiver_ns, address, server, "health", limit_s=30)
+    # The test subnet exists only inside the two namespaces: the machine itself has no route to
+    # it and never reaches the server (whatever its default route leads to).
+    assert SUBNET not in subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    from_machine = subprocess.run(
+        [sys.executable, str(HEALTH_CHECK), f"--addr={address}", "--timeout=2"],
+        capture_output=True,
+        text=True,
+    )
+    assert from_machine.returncode == 1, from_machine.stdout
