@@ -24,7 +24,7 @@ from tests.tiny_models import TRICKY_TEXTS
 def test_cards_report_each_familys_cache_shape(tiny_receiver, tiny_llama_sharer, tiny_qwen2_sharer):
     for loaded in (tiny_receiver, tiny_llama_sharer, tiny_qwen2_sharer):
         ids = loaded.tokenizer("The red cat sleeps.", return_tensors="pt").input_ids
-        cache = loaded.model(ids, use_cache=True).past_key_values
+        cache = loaded.model(ids, use_cache=True).cache
         card = loaded.card
         assert len(cache.layers) == card.num_layers
         assert cache.layers[0].keys.shape == (1, card.num_kv_heads, ids.shape[1], card.head_dim)
