@@ -24,7 +24,7 @@ from c2c.errors import (
     PeerUnavailable,
     WrongModel,
 )
-from c2c.kv_codec import DecodedLayer, ExpectedShape, KVStreamDecoder
+from c2c.kv_codec import ExpectedShape, KVStreamDecoder
 from c2c.telemetry import intercept_client_channel
 from protos import c2c_pb2, c2c_pb2_grpc
 
@@ -133,11 +133,19 @@ class KVTransfer:
         )
         self._span.end()
 
-    def next_layer(self) -> DecodedLayer | None:
-        """The next decoded layer, None after the trailer; raises the stream's domain error."""
+    PENDING = object()
+    """What ``next_layer`` returns when nothing arrived within its timeout."""
+
+    def next_layer(self, timeout_s: float | None = None):
+        """The next decoded layer, None after the trailer, ``PENDING`` after ``timeout_s`` with
+        nothing new; raises the stream's domain error."""
         start = time.perf_counter()
-        item = self._layers.get()
-        self.stats.blocked_ms += (time.perf_counter() - start) * 1e3
+        try:
+            item = self._layers.get(timeout=timeout_s)
+        except queue.Empty:
+            item = self.PENDING
+        finally:
+            self.stats.blocked_ms += (time.perf_counter() - start) * 1e3
         if item is _END:
             return None
         if isinstance(item, BaseException):

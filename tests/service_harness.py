@@ -1,0 +1,59 @@
+"""Real sharer and receiver servers on 127.0.0.1 (port 0) around the tiny models, for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import torch
+
+from c2c.model_loading import read_dims
+from fuser.checkpoint import save_checkpoint
+from fuser.fuser import C2CFuser, FuserConfig
+from fuser.projector import ProjectorConfig
+from protos import c2c_pb2_grpc
+from receiver_service.server import ReceiverServer
+from receiver_service.server import serve as serve_receiver
+from sharer_service.server import SharerServer
+from sharer_service.server import serve as serve_sharer
+
+
+def random_fuser(
+    receiver_dir: Path, sharer_dir: Path, *, seed: int = 0, gate_logit: float = 1.0
+) -> C2CFuser:
+    """A seeded, untrained fuser for the pair; ``gate_logit`` <= 0 closes every gate."""
+    torch.manual_seed(seed)
+    config = FuserConfig(
+        receiver=read_dims(receiver_dir),
+        sharer=read_dims(sharer_dir),
+        projector=ProjectorConfig(hidden_size=32, gate_init_logit=gate_logit),
+    )
+    return C2CFuser(config).eval()
+
+
+def save_random_fuser(receiver_dir: Path, sharer_dir: Path, out: Path, **kwargs) -> Path:
+    return save_checkpoint(random_fuser(receiver_dir, sharer_dir, **kwargs), out)
+
+
+def start_sharer(model_dir: Path, **options) -> SharerServer:
+    return serve_sharer(model_dir, host="127.0.0.1", port=0, wait=False, **options)
+
+
+def start_receiver(model_dir: Path, fuser_dir: Path, sharer_port: int, **options) -> ReceiverServer:
+    return serve_receiver(
+        model_dir,
+        fuser_dir,
+        f"127.0.0.1:{sharer_port}",
+        host="127.0.0.1",
+        port=0,
+        wait=False,
+        **options,
+    )
+
+
+def receiver_stub(port: int) -> c2c_pb2_grpc.ReceiverStub:
+    return c2c_pb2_grpc.ReceiverStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+
+def sharer_stub(port: int) -> c2c_pb2_grpc.SharerStub:
+    return c2c_pb2_grpc.SharerStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
