@@ -766,7 +766,9 @@ class KVStreamDecoder:
         if self._header is None:
             raise TruncatedStream("stream ended before its header")
         if self._trailer is None:
-            raise TruncatedStream(self._missing("stream ended without a trailer"))
+            raise TruncatedStream(
+                self._missing("stream ended without a trailer"), layer=self._current_layer()
+            )
 
     def _missing(self, what: str) -> str:
         assert self._header is not None
