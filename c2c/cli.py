@@ -10,6 +10,8 @@ import typer
 
 from c2c.benchmarks.codec import codec_command
 from c2c.trace_view import show_command as trace_show_command
+from c2c.zoo.build import build_command as zoo_build_command
+from receiver_service.client import generate_command
 
 app = typer.Typer(help="Cache-to-Cache over gRPC.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks that print JSON.", no_args_is_help=True)
@@ -18,8 +20,10 @@ zoo_app = typer.Typer(help="Build the bundled model pair.", no_args_is_help=True
 app.add_typer(bench_app, name="bench")
 app.add_typer(trace_app, name="trace")
 app.add_typer(zoo_app, name="zoo")
+app.command("generate")(generate_command)
 bench_app.command("codec")(codec_command)
 trace_app.command("show")(trace_show_command)
+zoo_app.command("build")(zoo_build_command)
 
 
 @app.command()

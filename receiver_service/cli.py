@@ -1,0 +1,124 @@
+"""``c2c-receiver``: every option maps onto one ``serve()`` argument and reads ``C2C_<NAME>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from c2c.errors import C2CError
+from c2c.service_config import (
+    CodecChoice,
+    DTypeChoice,
+    configure_logging,
+    model_or_bundled,
+    resolve_device,
+    resolve_dtype,
+)
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def receiver(
+    model: Annotated[
+        Path | None,
+        typer.Option(envvar="C2C_MODEL", help="Receiver model directory (default: bundled)."),
+    ] = None,
+    fuser: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="C2C_FUSER", help="Fuser checkpoint (`c2c train --out`; default: bundled)."
+        ),
+    ] = None,
+    sharer: Annotated[
+        str, typer.Option(envvar="C2C_SHARER", help="Sharer service address, HOST:PORT.")
+    ] = "localhost:50051",
+    host: Annotated[str, typer.Option(envvar="C2C_HOST", help="Address to bind.")] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option(envvar="C2C_PORT", help="Port to bind; 0 picks a free one.")
+    ] = 50052,
+    dtype: Annotated[
+        DTypeChoice, typer.Option(envvar="C2C_DTYPE", help="Compute dtype.")
+    ] = DTypeChoice.auto,
+    device: Annotated[
+        str,
+        typer.Option(
+            envvar="C2C_DEVICE", help="torch device; auto = cuda when available, else cpu."
+        ),
+    ] = "auto",
+    max_prompt_tokens: Annotated[
+        int,
+        typer.Option(
+            envvar="C2C_MAX_PROMPT_TOKENS", help="Longest prompt accepted, in receiver tokens."
+        ),
+    ] = 2048,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option(envvar="C2C_MAX_NEW_TOKENS", help="Most tokens a request may ask for."),
+    ] = 512,
+    default_new_tokens: Annotated[
+        int,
+        typer.Option(
+            envvar="C2C_DEFAULT_NEW_TOKENS", help="Tokens generated when a request says 0."
+        ),
+    ] = 128,
+    default_codec: Annotated[
+        CodecChoice,
+        typer.Option(envvar="C2C_DEFAULT_CODEC", help="KV layout when a request says none."),
+    ] = CodecChoice.fp16,
+    sharer_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="C2C_SHARER_TIMEOUT",
+            help="Seconds to wait for the sharer per request (capped by the client's deadline).",
+        ),
+    ] = 30.0,
+    text_hint_tokens: Annotated[
+        int,
+        typer.Option(envvar="C2C_TEXT_HINT_TOKENS", help="Tokens the sharer writes in text mode."),
+    ] = 64,
+    workers: Annotated[int, typer.Option(envvar="C2C_WORKERS", help="Concurrent RPCs.")] = 16,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="C2C_METRICS_PORT", help="Serve Prometheus /metrics on this port (0: off)."
+        ),
+    ] = 0,
+    log_level: Annotated[
+        str, typer.Option(envvar="C2C_LOG_LEVEL", help="Python log level.")
+    ] = "info",
+) -> None:
+    """Serve a receiver model with its fuser: Generate / GenerateStream in c2c, receiver_only
+    and text modes. c2c stays unavailable (Describe says why) while the sharer is unreachable
+    or is not the model the fuser was trained for; the other modes are served regardless."""
+    from receiver_service.server import serve
+
+    configure_logging(log_level)
+    device = resolve_device(device)
+    try:
+        serve(
+            model_or_bundled(model, "receiver", "--model"),
+            model_or_bundled(fuser, "fuser", "--fuser"),
+            sharer,
+            host=host,
+            port=port,
+            dtype=resolve_dtype(dtype, device),
+            device=device,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            default_new_tokens=default_new_tokens,
+            default_codec=default_codec.wire,
+            sharer_timeout=sharer_timeout,
+            text_hint_tokens=text_hint_tokens,
+            workers=workers,
+            metrics_port=metrics_port,
+        )
+    except (C2CError, OSError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()
