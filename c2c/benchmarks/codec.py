@@ -178,7 +178,15 @@ def run_codec_benchmark(
     tokens: int = 1024, repeat: int = 5, seed: int = 0, group_size: int = 32
 ) -> dict:
     """Measures every layout on every shape; rounds interleave layouts so load hits all alike."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _measure(tokens, repeat, seed, group_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(tokens: int, repeat: int, seed: int, group_size: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     shapes = [(1, heads, tokens, dim) for heads, dim in HEADS_AND_DIMS]
     layers = [synthetic_layer(shape, generator) for shape in shapes]
