@@ -552,6 +552,7 @@ class ExpectedShape:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     num_positions: int | None = None
+    codec: int | None = None  # the layout the receiver asked for
 
 
 @dataclass
@@ -814,6 +815,11 @@ class KVStreamDecoder:
         if fingerprint is not None and header.model_fingerprint != fingerprint:
             raise ModelMismatch(
                 f"KV stream is from model {header.model_fingerprint!r}, expected {fingerprint!r}"
+            )
+        if expected.codec is not None and header.codec != expected.codec:
+            raise LayoutMismatch(
+                f"header codec {codec_name(header.codec)} is not the requested "
+                f"{codec_name(expected.codec)}"
             )
         for name in ("num_kv_heads", "head_dim", "num_positions"):
             want = getattr(expected, name)

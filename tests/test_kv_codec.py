@@ -359,6 +359,12 @@ def test_group_size_disagreeing_with_header_is_rejected() -> None:
         feed_all([messages[0], damaged])
 
 
+def test_header_codec_other_than_requested_is_rejected() -> None:
+    messages = encode_stream(CodecSpec(codec=FP16), make_layers((1, 2, 16, 8), [0]))
+    with pytest.raises(LayoutMismatch, match="header codec fp16 is not the requested int8"):
+        feed_all(messages, expected=ExpectedShape(codec=INT8))
+
+
 def test_tensor_dtype_disagreeing_with_header_is_rejected() -> None:
     fp16 = encode_stream(CodecSpec(codec=FP16), make_layers((1, 2, 16, 8), [0]))
     bf16 = encode_stream(CodecSpec(codec=BF16), make_layers((1, 2, 16, 8), [0]))
