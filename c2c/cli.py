@@ -11,6 +11,7 @@ import typer
 from c2c.benchmarks.codec import codec_command
 from c2c.trace_view import show_command as trace_show_command
 from c2c.zoo.build import build_command as zoo_build_command
+from fuser.training import train_command
 from receiver_service.client import generate_command
 
 app = typer.Typer(help="Cache-to-Cache over gRPC.", no_args_is_help=True, add_completion=False)
@@ -21,6 +22,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(trace_app, name="trace")
 app.add_typer(zoo_app, name="zoo")
 app.command("generate")(generate_command)
+app.command("train")(train_command)
 bench_app.command("codec")(codec_command)
 trace_app.command("show")(trace_show_command)
 zoo_app.command("build")(zoo_build_command)
