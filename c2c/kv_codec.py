@@ -9,7 +9,11 @@ the stream layer by layer while it fuses. Wire layouts, for a tensor of shape [B
   Keys carry an fp16 offset per channel (their channels have large biases and cost only 4 bytes per
   channel); values are symmetric (offset 0), so their overhead is one fp16 scale per token.
 - ``CODEC_INT4``: the same axes cut into groups of ``group_size`` (the last one may be shorter),
-  symmetric, one fp16 scale per group, codes in [0, 15] packed two per byte, low nibble first.
+  symmetric, one fp16 scale per group, codes q in [0, 15] decoding to ``(q - 7.5) * scale``, packed
+  two per byte, low nibble first.
+
+Quantization runs on the tensor's device (a GPU sharer moves only codes and scales to the host);
+decoding runs on the CPU and returns CPU tensors.
 
 The data payload holds the codes in [B, H, N, D] order; the scales payload holds the fp16 scales in
 group order ([B, H, groups, D] for keys, [B, H, N, groups] for values), then the fp16 offsets.
@@ -34,7 +38,8 @@ from c2c.errors import BadRequest, BadStream, WrongModel
 from protos import c2c_pb2
 
 # Nibble packing and the wire's fp16/bf16 bytes are little-endian, as on x86-64 and aarch64.
-assert sys.byteorder == "little", "the KV codec needs a little-endian host"
+if sys.byteorder != "little":
+    raise ImportError("the KV codec needs a little-endian host")
 
 KEY = c2c_pb2.TENSOR_KIND_KEY
 VALUE = c2c_pb2.TENSOR_KIND_VALUE
@@ -313,7 +318,7 @@ def _unpack_nibbles(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def _as_bytes(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return memoryview(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +423,7 @@ def quantize_tensor(layer: int, kind: int, tensor: torch.Tensor, spec: CodecSpec
     if kind not in _KIND_NAMES:
         raise ValueError(f"tensor kind {kind} is neither TENSOR_KIND_KEY nor TENSOR_KIND_VALUE")
     shape = _check_tensor(tensor)
-    tensor = tensor.detach().cpu()
+    tensor = tensor.detach()
     if spec.codec in _PASSTHROUGH_DTYPES:
         data, scales = tensor.to(_PASSTHROUGH_DTYPES[spec.codec]), torch.empty(0, dtype=torch.uint8)
     else:

@@ -47,16 +47,24 @@ PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 
 def make_layers(
-    shape: tuple[int, int, int, int], layers: list[int], seed: int = 0, dtype=torch.float16
+    shape: tuple[int, int, int, int],
+    layers: list[int],
+    seed: int = 0,
+    dtype=torch.float16,
+    transposed: bool = False,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Random caches; `transposed` ones are [B, N, H, D] viewed as [B, H, N, D], as attention
+    layers often leave them."""
     generator = torch.Generator().manual_seed(seed)
-    return {
-        layer: (
-            torch.randn(shape, generator=generator).to(dtype),
-            torch.randn(shape, generator=generator).to(dtype),
-        )
-        for layer in layers
-    }
+    batch, heads, tokens, dim = shape
+
+    def tensor() -> torch.Tensor:
+        if transposed:
+            stored = torch.randn(batch, tokens, heads, dim, generator=generator)
+            return stored.to(dtype).transpose(1, 2)
+        return torch.randn(shape, generator=generator).to(dtype)
+
+    return {layer: (tensor(), tensor()) for layer in layers}
 
 
 def encode_stream(
@@ -119,10 +127,11 @@ shapes = st.tuples(
     codec=st.sampled_from([FP16, BF16]),
     limit=st.sampled_from([256, 1000, 1 << 20]),
     seed=st.integers(0, 2**16),
+    transposed=st.booleans(),
 )
-def test_fp16_and_bf16_roundtrip_bit_exact(shape, codec, limit, seed) -> None:
+def test_fp16_and_bf16_roundtrip_bit_exact(shape, codec, limit, seed, transposed) -> None:
     dtype = torch.float16 if codec == FP16 else torch.bfloat16
-    cache = make_layers(shape, [1, 4], seed, dtype)
+    cache = make_layers(shape, [1, 4], seed, dtype, transposed)
     messages = encode_stream(CodecSpec(codec=codec, max_message_bytes=limit), cache)
     decoded = decode_stream(messages, expected_layers=[1, 4], max_message_bytes=limit)
     assert [d.layer for d in decoded] == [1, 4]
@@ -151,9 +160,13 @@ def _within_quantization_bound(
     group_size=st.integers(2, 64),
     limit=st.sampled_from([256, 1 << 20]),
     seed=st.integers(0, 2**16),
+    source=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+    transposed=st.booleans(),
 )
-def test_int8_and_int4_roundtrip_within_their_step(shape, codec, group_size, limit, seed) -> None:
-    cache = make_layers(shape, [0, 3], seed)
+def test_int8_and_int4_roundtrip_within_their_step(
+    shape, codec, group_size, limit, seed, source, transposed
+) -> None:
+    cache = make_layers(shape, [0, 3], seed, source, transposed)
     spec = CodecSpec(codec=codec, group_size=group_size, max_message_bytes=limit)
     decoded = decode_stream(encode_stream(spec, cache), max_message_bytes=limit)
     # int8: half a step of 1/255 of the range, plus fp16 rounding; int4: half a step of 1/15 of
