@@ -107,11 +107,12 @@ class Outcome:
 
 @dataclass
 class C2CReadiness:
-    """Whether c2c requests can be served, and the sharer card behind that answer."""
+    """Whether c2c requests can be served; if not, the error they get and the sharer card."""
 
     ready: bool
     reason: str = ""
     sharer_card: c2c_pb2.ModelCard | None = None
+    error: C2CError | None = None
 
 
 class _Fallback(Exception):
@@ -158,22 +159,24 @@ class ReceiverPipeline:
     def check_sharer(self) -> C2CReadiness:
         """Describe the sharer and check it is the model the fuser was trained for.
 
-        Unreachable: not ready, asked again on the next c2c request. Mismatched: not ready, with
-        the field that differs; receiver_only and text keep working either way.
+        Unreachable: not ready, asked again on the next c2c request (UNAVAILABLE meanwhile).
+        Mismatched: not ready, naming the field that differs (FAILED_PRECONDITION). Either way
+        receiver_only and text requests keep working.
         """
         if self.fuser is None or self.sharer is None:
             missing = "fuser checkpoint" if self.fuser is None else "sharer address"
-            self.readiness = C2CReadiness(False, f"no {missing} configured")
+            error = WrongModel(f"c2c is not available: no {missing} configured")
+            self.readiness = C2CReadiness(False, str(error), error=error)
             return self.readiness
         try:
             card = self.sharer.describe(self.settings.describe_timeout_s)
         except C2CError as error:
-            self.readiness = C2CReadiness(False, str(error))
+            self.readiness = C2CReadiness(False, str(error), error=error)
             return self.readiness
         try:
             check_pair(self.fuser.config, None, card_from_proto(card))
         except WrongModel as error:
-            self.readiness = C2CReadiness(False, str(error), card)
+            self.readiness = C2CReadiness(False, str(error), card, error)
             return self.readiness
         self.readiness = C2CReadiness(True, "", card)
         return self.readiness
@@ -246,7 +249,7 @@ class ReceiverPipeline:
                 if mode == "text"
                 else request
             )
-            ids, spans, text = self._tokenize(asked)
+            ids, spans, text = self._tokenize(asked, with_notes=mode == "text")
             outcome.prompt_tokens = len(ids)
             if mode == "c2c" and len(ids) < 2:
                 raise _Fallback(BadRequest("the prompt has one token: nothing to fuse"))
@@ -272,7 +275,9 @@ class ReceiverPipeline:
             raise RequestCancelled
         yield from self._decode(request, cache, ids, outcome, is_cancelled, start)
 
-    def _tokenize(self, request: GenerationRequest) -> tuple[list[int], list, str]:
+    def _tokenize(
+        self, request: GenerationRequest, with_notes: bool = False
+    ) -> tuple[list[int], list, str]:
         with tracer.start_as_current_span("receiver.tokenize") as span:
             tokenizer = self.receiver.tokenizer
             if request.prompt is not None:
@@ -294,7 +299,10 @@ class ReceiverPipeline:
             raise BadRequest(f"{field_name}: tokenizes to no tokens")
         limit = self.settings.limits.max_prompt_tokens
         if len(ids) > limit:
-            raise BadRequest(f"{field_name}: {len(ids)} tokens exceeds the server limit {limit}")
+            notes = " with the sharer's notes" if with_notes else ""
+            raise BadRequest(
+                f"{field_name}: {len(ids)} tokens{notes} exceeds the server limit {limit}"
+            )
         return ids, spans, text
 
     def _own_prefill(self, ids: list[int], outcome: Outcome) -> DynamicCache:
@@ -322,9 +330,10 @@ class ReceiverPipeline:
     def _ready_for_c2c(self, request: GenerationRequest) -> C2CFuser:
         readiness = self.readiness
         if not readiness.ready and readiness.sharer_card is None:
-            readiness = self.check_sharer()  # unreachable at start-up: it may be up now
+            readiness = self.check_sharer()  # unreachable before: it may be up now
         if not readiness.ready:
-            self._sharer_failed(WrongModel(f"c2c is not available: {readiness.reason}"), request)
+            assert readiness.error is not None
+            self._sharer_failed(readiness.error, request)
         assert self.fuser is not None
         return self.fuser
 

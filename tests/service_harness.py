@@ -35,8 +35,8 @@ def save_random_fuser(receiver_dir: Path, sharer_dir: Path, out: Path, **kwargs)
     return save_checkpoint(random_fuser(receiver_dir, sharer_dir, **kwargs), out)
 
 
-def start_sharer(model_dir: Path, **options) -> SharerServer:
-    return serve_sharer(model_dir, host="127.0.0.1", port=0, wait=False, **options)
+def start_sharer(model_dir: Path, port: int = 0, **options) -> SharerServer:
+    return serve_sharer(model_dir, host="127.0.0.1", port=port, wait=False, **options)
 
 
 def start_receiver(model_dir: Path, fuser_dir: Path, sharer_port: int, **options) -> ReceiverServer:
