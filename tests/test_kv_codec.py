@@ -3,6 +3,8 @@ disordered stream is refused with an exception that names the layer and the prob
 
 from __future__ import annotations
 
+import zlib
+
 import grpc
 import pytest
 import torch
@@ -235,6 +237,15 @@ def test_compressible_payload_travels_lz4_and_noise_travels_raw() -> None:
     assert not incompressible.lz4 and incompressible.encoded_bytes == incompressible.raw_bytes
     (decoded,) = decode_stream(encode_stream(spec, {0: (zeros, noise)}))
     assert torch.equal(decoded.key, zeros) and torch.equal(decoded.value, noise)
+
+
+def test_payload_checksums_are_plain_crc32_of_the_bytes_on_the_wire() -> None:
+    key = torch.randn(1, 2, 300, 64).half()
+    tensor, *pieces = encode_tensor(3, KEY, key, CodecSpec(codec=INT8, max_message_bytes=4096))
+    for payload, is_scales in ((tensor.tensor.data, False), (tensor.tensor.scales, True)):
+        wire = b"".join(m.piece.data for m in pieces if m.piece.scales == is_scales)
+        assert len(wire) == payload.encoded_bytes
+        assert zlib.crc32(wire) == payload.crc32
 
 
 # --- damaged streams -------------------------------------------------------------------------
