@@ -159,10 +159,11 @@ class C2CFuser(nn.Module):
         k_new, v_new = projector(
             k_r.to(dtype), v_r.to(dtype), k_s.to(dtype), v_s.to(dtype), self.gate_temperature
         )
+        k_new, v_new = k_new.to(k_r.dtype), v_new.to(v_r.dtype)
         if not self.training:
             key_on, value_on = projector.hard_gates()
-            k_new = k_new.to(k_r.dtype) if key_on else k_r
-            v_new = v_new.to(v_r.dtype) if value_on else v_r
+            k_new = k_new if key_on else k_r
+            v_new = v_new if value_on else v_r
         return k_new, v_new
 
     def fuse_cache(
