@@ -12,9 +12,11 @@ from c2c.zoo.corpora import (
     render_prompt,
 )
 from c2c.zoo.world import ATTRIBUTES
+from receiver_service.pipeline import TEXT_HINT_TEMPLATE
 
 SMALL = SplitSizes(
     receiver_people=30,
+    context_people=10,
     fuser_people=40,
     eval_people=25,
     sharer_bios_per_person=3,
@@ -33,14 +35,15 @@ def _names(people):
     return {person.name for person in people}
 
 
-def test_people_of_the_three_splits_are_disjoint(splits):
-    receiver, fuser, evaluation = (
+def test_people_of_the_four_splits_are_disjoint(splits):
+    groups = [
         _names(splits.receiver_people),
+        _names(splits.context_people),
         _names(splits.fuser_people),
         _names(splits.eval_people),
-    )
-    assert len(receiver) == 30 and len(fuser) == 40 and len(evaluation) == 25
-    assert not receiver & fuser and not receiver & evaluation and not fuser & evaluation
+    ]
+    assert [len(group) for group in groups] == [30, 10, 40, 25]
+    assert len(set().union(*groups)) == sum(len(group) for group in groups)
 
 
 def test_question_templates_of_fuser_and_evaluation_are_disjoint():
@@ -91,7 +94,15 @@ def test_the_receiver_knows_the_format_but_only_its_own_people(splits):
     corpus = "\n".join(splits.receiver_texts)
     assert "Question:" in corpus and "\nA. " in corpus
     mentioned = {person.name for person in splits.world.people if person.name in corpus}
-    assert mentioned == _names(splits.receiver_people)
+    assert mentioned == _names(splits.receiver_people) | _names(splits.context_people)
+
+
+def test_context_people_reach_the_receiver_only_inside_text_to_text_notes(splits):
+    context = _names(splits.context_people)
+    notes_prefix = TEXT_HINT_TEMPLATE.split("{hint}")[0]
+    for text in splits.receiver_texts:
+        if any(name in text for name in context):
+            assert text.startswith(notes_prefix)
 
 
 def test_evaluation_asks_every_attribute_of_every_eval_person_with_a_correct_choice(splits):

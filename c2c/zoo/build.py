@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import string
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,11 +31,13 @@ STAGES = ("data", "tokenizers", "models", "pretrain", "probe", "fuser")
 
 @dataclass(frozen=True)
 class FuserTrainingConfig:
-    """What the fuser stage asks of ``c2c train``."""
+    """What the fuser stage asks of ``c2c train`` (hidden 128 keeps the checkpoint ~6 MB)."""
 
-    max_steps: int = 1500
-    batch_size: int = 16
+    max_steps: int = 600
+    batch_size: int = 8
     lr: float = 1e-3
+    warmup_steps: int = 30
+    hidden_size: int = 128
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,20 @@ class BuildConfig:
         intermediate_size=384, max_position_embeddings=512,
     )  # fmt: skip
     sharer: ModelSizes = ModelSizes(
-        "llama", num_layers=6, hidden_size=192, num_heads=4, num_kv_heads=4, head_dim=48,
-        intermediate_size=512, max_position_embeddings=512,
+        "llama", num_layers=6, hidden_size=160, num_heads=4, num_kv_heads=4, head_dim=40,
+        intermediate_size=384, max_position_embeddings=512,
     )  # fmt: skip
-    receiver_pretraining: PretrainingConfig = PretrainingConfig(steps=2000, batch_size=32)
-    sharer_pretraining: PretrainingConfig = PretrainingConfig(steps=3000, batch_size=32)
+    receiver_pretraining: PretrainingConfig = PretrainingConfig(steps=1500, batch_size=32)
+    sharer_pretraining: PretrainingConfig = PretrainingConfig(steps=2000, batch_size=32, lr=4e-3)
     fuser: FuserTrainingConfig = field(default_factory=FuserTrainingConfig)
 
     @classmethod
     def smoke(cls, seed: int = 0) -> BuildConfig:
         full = cls(seed=seed)
         tiny_splits = SplitSizes(
-            receiver_people=12, fuser_people=12, eval_people=6, sharer_bios_per_person=2,
-            receiver_bios_per_person=1, receiver_drills_per_fact=1, fuser_examples_per_fact=1,
+            receiver_people=12, context_people=4, fuser_people=12, eval_people=6,
+            sharer_bios_per_person=2, receiver_bios_per_person=1, receiver_drills_per_fact=1,
+            context_drills_per_fact=1, fuser_examples_per_fact=1,
         )  # fmt: skip
         return replace(
             full,
@@ -75,7 +79,7 @@ class BuildConfig:
                            num_heads=2, num_kv_heads=2, head_dim=24),
             receiver_pretraining=PretrainingConfig(steps=3, batch_size=4, warmup_steps=1),
             sharer_pretraining=PretrainingConfig(steps=3, batch_size=4, warmup_steps=1),
-            fuser=FuserTrainingConfig(max_steps=2, batch_size=2),
+            fuser=FuserTrainingConfig(max_steps=2, batch_size=2, warmup_steps=1, hidden_size=16),
         )  # fmt: skip
 
 
@@ -134,6 +138,7 @@ def stage_data(splits: ZooSplits, layout: BundleLayout) -> dict:
     return {
         "people": {
             "receiver": len(splits.receiver_people),
+            "context": len(splits.context_people),
             "fuser": len(splits.fuser_people),
             "eval": len(splits.eval_people),
         },
@@ -206,21 +211,30 @@ def stage_probe(splits: ZooSplits, layout: BundleLayout) -> dict:
 
 
 def stage_fuser(config: BuildConfig, layout: BundleLayout) -> dict:
-    from fuser.training import TrainingConfig, train_fuser
+    from fuser.projector import ProjectorConfig
+    from fuser.training import TrainConfig, train
 
-    metrics = train_fuser(
-        sharer_dir=layout.sharer,
-        receiver_dir=layout.receiver,
-        data_path=layout.training_data / "fuser.jsonl",
-        out_dir=layout.fuser,
-        config=TrainingConfig(
+    metrics = train(
+        TrainConfig(
+            sharer=layout.sharer,
+            receiver=layout.receiver,
+            data=layout.training_data / "fuser.jsonl",
+            out=layout.training_data / "fuser_run",
             max_steps=config.fuser.max_steps,
             batch_size=config.fuser.batch_size,
             lr=config.fuser.lr,
+            warmup_steps=config.fuser.warmup_steps,
             seed=config.seed,
-        ),
+            eval_fraction=0.05,
+            device="cpu",
+            projector=ProjectorConfig(hidden_size=config.fuser.hidden_size),
+        )
     )
-    return metrics if isinstance(metrics, dict) else asdict(metrics)
+    run = layout.training_data / "fuser_run"
+    layout.fuser.mkdir(parents=True, exist_ok=True)
+    for name in ("fuser.safetensors", "fuser_config.json", "metrics.json"):
+        shutil.copyfile(run / name, layout.fuser / name)
+    return {key: value for key, value in metrics.items() if key != "config"}
 
 
 def run_build(config: BuildConfig, out: Path, stages: tuple[str, ...] = STAGES) -> dict:

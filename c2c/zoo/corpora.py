@@ -5,7 +5,9 @@ The split mirrors the paper's setting in miniature:
 - the sharer reads paraphrased fact statements about everyone (receiver, fuser and evaluation
   people) and never a question;
 - the receiver is smaller, reads statements and question/answer drills about the receiver people
-  only, so it knows the formats but not most of the facts;
+  only, so it knows the formats but not most of the facts; it also learns to read notes in its
+  prompt (the text-to-text baseline's format) from drills about the context people, whose facts it
+  only ever sees inside such notes, so T2T is a fair baseline and not a format it never met;
 - the fuser trains on questions about the fuser people, asked with the fuser question templates;
 - the evaluation asks multiple-choice questions about the evaluation people, with the evaluation
   templates: people and templates the fuser never saw, facts the receiver never saw.
@@ -17,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 from c2c.zoo.world import ATTRIBUTES, Person, World, build_world
+from receiver_service.pipeline import TEXT_HINT_TEMPLATE
 
 LETTERS = "ABCD"
 
@@ -102,11 +105,13 @@ class SplitSizes:
     """How many people each split holds and how much text each model reads."""
 
     receiver_people: int = 200
-    fuser_people: int = 400
+    context_people: int = 100
+    fuser_people: int = 250
     eval_people: int = 250
     sharer_bios_per_person: int = 24
     receiver_bios_per_person: int = 8
     receiver_drills_per_fact: int = 6
+    context_drills_per_fact: int = 2
     fuser_examples_per_fact: int = 2
 
 
@@ -116,6 +121,7 @@ class ZooSplits:
 
     world: World
     receiver_people: tuple[Person, ...]
+    context_people: tuple[Person, ...]
     fuser_people: tuple[Person, ...]
     eval_people: tuple[Person, ...]
     sharer_texts: tuple[str, ...]
@@ -180,6 +186,18 @@ def _receiver_drills(person: Person, count: int, rng: random.Random) -> list[str
     return drills
 
 
+def _context_drills(person: Person, count: int, rng: random.Random) -> list[str]:
+    """Questions whose answer is in notes before them, as the text-to-text mode builds them."""
+    drills = []
+    for attribute in person.facts:
+        templates = FUSER_QUESTION_TEMPLATES[attribute] + EVAL_QUESTION_TEMPLATES[attribute]
+        for _ in range(count):
+            question = multiple_choice(person, attribute, rng.choice(templates), rng)
+            notes = TEXT_HINT_TEMPLATE.format(hint=bio(person, rng))
+            drills.append(notes + render_prompt(question) + render_answer(question))
+    return drills
+
+
 def _fuser_examples(person: Person, count: int, rng: random.Random) -> list[PromptResponse]:
     examples = []
     for attribute, value in person.facts.items():
@@ -195,11 +213,12 @@ def _fuser_examples(person: Person, count: int, rng: random.Random) -> list[Prom
 
 def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
     """The world and every split, deterministic in ``seed``."""
-    total = sizes.receiver_people + sizes.fuser_people + sizes.eval_people
-    world = build_world(total, seed=seed)
-    receiver = world.people[: sizes.receiver_people]
-    fuser = world.people[sizes.receiver_people : sizes.receiver_people + sizes.fuser_people]
-    evaluation = world.people[sizes.receiver_people + sizes.fuser_people :]
+    counts = (sizes.receiver_people, sizes.context_people, sizes.fuser_people, sizes.eval_people)
+    world = build_world(sum(counts), seed=seed)
+    bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
+    receiver, context, fuser, evaluation = (
+        world.people[start:end] for start, end in zip(bounds, bounds[1:], strict=False)
+    )
     rng = random.Random(seed + 1)
 
     sharer_texts = [
@@ -210,6 +229,8 @@ def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
     ]
     for person in receiver:
         receiver_texts.extend(_receiver_drills(person, sizes.receiver_drills_per_fact, rng))
+    for person in context:
+        receiver_texts.extend(_context_drills(person, sizes.context_drills_per_fact, rng))
     fuser_examples = [
         example
         for person in fuser
@@ -228,6 +249,7 @@ def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
     return ZooSplits(
         world=world,
         receiver_people=receiver,
+        context_people=context,
         fuser_people=fuser,
         eval_people=evaluation,
         sharer_texts=tuple(sharer_texts),
