@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HEALTH_CHECK = REPO / "deploy" / "docker" / "grpc_health_check.py"
 # Slow enough that moving a tiny model's KV cache takes measurable time on the wire.
-LINK_RATE_BITS = 8_000_000
+LINK_RATE_BITS = 2_000_000
 # Link delay, applied where the kernel has sch_netem (the rate works with tbf alone).
 LINK_DELAY_MS = 1
 SUBNET = "10.203.7"
@@ -167,7 +167,7 @@ print(json.dumps({"connect_s": connect_s, "bytes": count, "seconds": time.perf_c
 
 
 def test_link_carries_traffic_between_the_hosts_at_the_shaped_rate(two_hosts: TwoHosts) -> None:
-    size = 400_000
+    size = 200_000
     port = "45001"
     two_hosts.start(
         two_hosts.sharer_ns,
@@ -234,3 +234,176 @@ def test_grpc_health_server_on_one_host_answers_a_client_on_the_other(
         text=True,
     )
     assert from_machine.returncode == 1, from_machine.stdout
+
+
+# C2C across the link: the real services, one per host, and a client beside the receiver.
+
+SHARER_PORT = 50051
+RECEIVER_PORT = 50052
+# Long enough that the sharer's KV cache takes a few hundred milliseconds on the link.
+COLORS = ["red", "blue", "green", "amber", "violet", "white"]
+ANIMALS = ["cat", "dog", "owl", "fox", "eel", "yak"]
+GATES = ["north", "south", "east", "west"]
+PROMPT = (
+    " ".join(
+        f"The {COLORS[day % 6]} {ANIMALS[day % 6]} sat near the {GATES[day % 4]} gate on day {day}."
+        for day in range(24)
+    )
+    + " Which animal sat near the east gate?"
+)
+
+
+# A gRPC client on the receiver's host: one request per JSON line in, one GenerateReply per line
+# out. One long-lived process, so each request costs the network and the models, not an import.
+CLIENT = """
+import json, sys
+import grpc
+from google.protobuf.json_format import MessageToJson
+from protos import c2c_pb2, c2c_pb2_grpc
+stub = c2c_pb2_grpc.ReceiverStub(grpc.insecure_channel(sys.argv[1]))
+for line in sys.stdin:
+    request = c2c_pb2.GenerateRequest(**json.loads(line))
+    reply = stub.Generate(request, timeout=120)
+    options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+    print(MessageToJson(reply, indent=None, **options), flush=True)
+"""
+
+
+def generate_request(mode: str, codec: str) -> dict:
+    """GenerateRequest fields for PROMPT, as the client on the receiver's host takes them."""
+    from c2c.service_config import CodecChoice
+    from receiver_service.client import ModeChoice
+
+    return {
+        "prompt": PROMPT,
+        "mode": ModeChoice(mode).wire,
+        "codec": CodecChoice(codec).wire,
+        "max_new_tokens": 8,
+    }
+
+
+@dataclass
+class Deployed:
+    client: subprocess.Popen
+    rate_bits: int
+    reference: dict[tuple[str, str], list[int]]
+
+    def generate(self, mode: str, codec: str) -> dict:
+        self.client.stdin.write(json.dumps(generate_request(mode, codec)) + "\n")
+        self.client.stdin.flush()
+        line = self.client.stdout.readline()
+        assert line, f"the client on the receiver's host died (Generate {mode} {codec})"
+        return json.loads(line)
+
+
+def loopback_reference(receiver: Path, sharer: Path, fuser: Path) -> dict:
+    """The same requests answered by the same pair on 127.0.0.1, in this process."""
+    from protos import c2c_pb2
+    from tests.service_harness import receiver_stub, start_receiver, start_sharer
+
+    sharer_server = start_sharer(sharer)
+    receiver_server = start_receiver(receiver, fuser, sharer_server.port)
+    try:
+        stub = receiver_stub(receiver_server.port)
+        return {
+            (mode, codec): list(
+                stub.Generate(
+                    c2c_pb2.GenerateRequest(**generate_request(mode, codec)), timeout=120
+                ).token_ids
+            )
+            for mode, codec in (("c2c", "fp16"), ("receiver", "fp16"))
+        }
+    finally:
+        receiver_server.stop(0)
+        sharer_server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def deployed(two_hosts: TwoHosts, tiny_pair_dirs, tmp_path_factory) -> Deployed:
+    from tests.service_harness import save_random_fuser
+
+    receiver_dir, sharer_dir = tiny_pair_dirs.receiver, tiny_pair_dirs.llama_sharer
+    fuser_dir = save_random_fuser(
+        receiver_dir, sharer_dir, tmp_path_factory.mktemp("fuser") / "fuser", gate_logit=1.0
+    )
+    sharer_address = f"{two_hosts.sharer_ip}:{SHARER_PORT}"
+    receiver_address = f"{two_hosts.receiver_ip}:{RECEIVER_PORT}"
+    sharer = two_hosts.start(
+        two_hosts.sharer_ns,
+        ["c2c-sharer", "--model", str(sharer_dir), "--host", two_hosts.sharer_ip]
+        + ["--port", str(SHARER_PORT), "--device", "cpu"],
+        "sharer",
+    )
+    # While the sharer host starts up, answer the same requests on loopback for comparison.
+    reference = loopback_reference(receiver_dir, sharer_dir, fuser_dir)
+    wait_until_serving(
+        two_hosts, two_hosts.receiver_ns, sharer_address, sharer, "sharer", limit_s=120
+    )
+    receiver = two_hosts.start(
+        two_hosts.receiver_ns,
+        ["c2c-receiver", "--model", str(receiver_dir), "--fuser", str(fuser_dir)]
+        + ["--sharer", sharer_address, "--host", two_hosts.receiver_ip]
+        + ["--port", str(RECEIVER_PORT), "--device", "cpu"],
+        "receiver",
+    )
+    wait_until_serving(
+        two_hosts, two_hosts.receiver_ns, receiver_address, receiver, "receiver", limit_s=120
+    )
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", two_hosts.receiver_ns, sys.executable, "-c", CLIENT]
+        + [receiver_address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    two_hosts.processes.insert(0, client)
+    return Deployed(client=client, rate_bits=two_hosts.rate_bits, reference=reference)
+
+
+def test_c2c_answers_across_the_link_are_those_of_the_same_pair_on_loopback(
+    deployed: Deployed,
+) -> None:
+    c2c = deployed.generate("c2c", "fp16")
+    assert c2c["mode_used"] == "MODE_C2C" and not c2c["fallback_reason"]
+    assert c2c["sharer_layers"], "no sharer layer crossed the link"
+    assert c2c["token_ids"] == deployed.reference["c2c", "fp16"]
+    alone = deployed.generate("receiver", "fp16")
+    assert alone["mode_used"] == "MODE_RECEIVER_ONLY"
+    assert alone["token_ids"] == deployed.reference["receiver", "fp16"]
+    assert int(alone["bytes_on_wire"]) == 0
+
+
+def test_kv_transfer_time_follows_bytes_on_wire_at_the_link_rate(deployed: Deployed) -> None:
+    rate = deployed.rate_bits
+    replies = {
+        codec: [deployed.generate("c2c", codec) for _ in range(2)] for codec in ("fp16", "int8")
+    }
+    wire = {codec: int(runs[0]["bytes_on_wire"]) for codec, runs in replies.items()}
+    link_ms = {codec: wire[codec] * 8 / rate * 1000 for codec in wire}
+    # Transfer time is first request byte to trailer; the sharer's forward pass is inside it.
+    on_wire_ms = {
+        codec: min(r["timings"]["transfer"] - r["timings"]["sharer_prefill"] for r in runs)
+        for codec, runs in replies.items()
+    }
+    print(
+        json.dumps(
+            {
+                "rate_bits": rate,
+                "bytes_on_wire": wire,
+                "link_ms": link_ms,
+                "transfer_less_prefill_ms": on_wire_ms,
+            }
+        )
+    )
+    assert wire["int8"] < wire["fp16"] * 0.75, wire
+    for codec, runs in replies.items():
+        assert {int(r["bytes_on_wire"]) for r in runs} == {wire[codec]}, "same request, same bytes"
+        # The payload never crosses faster than the link (less one token bucket of burst)...
+        for reply in runs:
+            assert reply["timings"]["transfer"] >= link_ms[codec] * 0.9, (codec, reply["timings"])
+        # ...and the link, not the services, is what the transfer mostly waits on.
+        assert on_wire_ms[codec] <= link_ms[codec] * 1.25 + 400, (codec, on_wire_ms, link_ms)
+    # Fixed costs cancel in the difference: the extra bytes of fp16 at the link's rate.
+    extra_ms = on_wire_ms["fp16"] - on_wire_ms["int8"]
+    expected_ms = link_ms["fp16"] - link_ms["int8"]
+    assert expected_ms * 0.7 - 150 <= extra_ms <= expected_ms * 1.3 + 150, (extra_ms, expected_ms)
