@@ -7,7 +7,7 @@ are both off is the receiver's own cache, bit for bit, and costs no sharer data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -170,21 +170,33 @@ class C2CFuser(nn.Module):
         self, receiver_cache: DynamicCache, sharer_kv: Mapping[int, tuple[Tensor, Tensor]]
     ) -> DynamicCache:
         """A new cache: every receiver layer fused with the sharer layer it maps to (by index)."""
-        if len(receiver_cache.layers) != self.config.receiver.num_layers:
-            raise FusionInputError(
-                f"receiver cache has {len(receiver_cache.layers)} layers, the fuser's receiver "
-                f"has {self.config.receiver.num_layers}"
-            )
-        fused = set(self.fused_receiver_layers())
-        layers = []
-        for layer, cached in enumerate(receiver_cache.layers):
-            if layer not in fused:
-                layers.append((cached.keys, cached.values))
-                continue
-            sharer_layer = self._layer_map[layer]
-            if sharer_layer not in sharer_kv:
-                raise LayerFusionError(layer, f"sharer layer {sharer_layer} is missing")
-            layers.append(
-                self.fuse_layer(layer, cached.keys, cached.values, *sharer_kv[sharer_layer])
-            )
-        return DynamicCache(ddp_cache_data=layers)
+        return fuse_cache_layers(self, self.fuse_layer, receiver_cache, sharer_kv)
+
+
+LayerFusion = Callable[[int, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def fuse_cache_layers(
+    fuser: C2CFuser,
+    fuse_layer: LayerFusion,
+    receiver_cache: DynamicCache,
+    sharer_kv: Mapping[int, tuple[Tensor, Tensor]],
+) -> DynamicCache:
+    """Walk the receiver cache, fusing open layers with `fuse_layer` (the fuser's or a runner's)."""
+    if len(receiver_cache.layers) != fuser.config.receiver.num_layers:
+        raise FusionInputError(
+            f"receiver cache has {len(receiver_cache.layers)} layers, the fuser's receiver "
+            f"has {fuser.config.receiver.num_layers}"
+        )
+    layer_map = fuser.layer_map()
+    fused = set(fuser.fused_receiver_layers())
+    layers = []
+    for layer, cached in enumerate(receiver_cache.layers):
+        if layer not in fused:
+            layers.append((cached.keys, cached.values))
+            continue
+        sharer_layer = layer_map[layer]
+        if sharer_layer not in sharer_kv:
+            raise LayerFusionError(layer, f"sharer layer {sharer_layer} is missing")
+        layers.append(fuse_layer(layer, cached.keys, cached.values, *sharer_kv[sharer_layer]))
+    return DynamicCache(ddp_cache_data=layers)
