@@ -9,7 +9,6 @@ import logging
 from enum import Enum
 from pathlib import Path
 
-import torch
 import typer
 
 from protos import c2c_pb2
@@ -43,6 +42,8 @@ def resolve_device(device: str) -> str:
     """``auto`` is cuda when a GPU is visible, else cpu."""
     if device != "auto":
         return device
+    import torch  # only the services need it; `c2c generate` stays light
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -59,9 +60,7 @@ def model_or_bundled(path: Path | None, part: str, option: str) -> Path:
     bundled = BUNDLED_DIR / part
     if bundled.is_dir():
         return bundled
-    typer.echo(
-        f"error: {option} is required (no bundled default model pair is installed)", err=True
-    )
+    typer.echo(f"error: {option} is required (no bundled default pair is installed)", err=True)
     raise typer.Exit(2)
 
 
