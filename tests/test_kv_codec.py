@@ -273,6 +273,65 @@ def test_single_flipped_byte_in_any_payload_is_a_checksum_mismatch_naming_the_la
     assert f"layer {damaged.piece.layer}: " in str(caught.value) and which in str(caught.value)
 
 
+MUTABLE_FIELDS = {
+    "header": [
+        "num_layers",
+        "num_kv_heads",
+        "head_dim",
+        "num_positions",
+        "batch",
+        "codec",
+        "int4_group_size",
+    ],
+    "tensor": ["layer", "kind", "codec", "group_size"],
+    "piece": ["layer", "kind", "scales", "offset"],
+    "trailer": ["messages", "encoded_bytes"],
+}
+
+
+@PROPERTY
+@given(data=st.data(), codec=st.sampled_from([FP16, INT8, INT4]))
+def test_any_damaged_field_is_a_codec_error_or_harmless_never_a_crash(data, codec) -> None:
+    cache = make_layers((1, 2, 40, 24), [0, 2], seed=2)
+    messages = encode_stream(CodecSpec(codec=codec, group_size=16, max_message_bytes=700), cache)
+    index = data.draw(st.integers(0, len(messages) - 1), label="message")
+    damaged = copy(messages[index])
+    part = getattr(damaged, body(damaged))
+    choices = (
+        MUTABLE_FIELDS[body(damaged)]
+        + {
+            "header": ["layers"],
+            "tensor": ["shape", "data", "scales"],
+            "piece": ["data"],
+            "trailer": [],
+        }[body(damaged)]
+    )
+    field = data.draw(st.sampled_from(choices), label="field")
+    if field in ("layers", "shape"):
+        values = getattr(part, field)
+        values[data.draw(st.integers(0, len(values) - 1))] += data.draw(st.integers(1, 5))
+    elif field in ("data", "scales") and body(damaged) == "tensor":
+        info = getattr(part, field)
+        name = data.draw(st.sampled_from(["encoded_bytes", "raw_bytes", "lz4", "crc32"]))
+        setattr(info, name, not info.lz4 if name == "lz4" else getattr(info, name) + 1)
+    elif field == "data":
+        part.data = part.data[: data.draw(st.integers(0, len(part.data) - 1))]
+    elif field in ("scales",):
+        part.scales = not part.scales
+    else:
+        setattr(part, field, getattr(part, field) + data.draw(st.integers(1, 5)))
+    intact = decode_stream(messages, expected_layers=[0, 2])
+    messages[index] = damaged
+    try:
+        decoded = decode_stream(messages, expected_layers=[0, 2])
+    except (KVCodecError, WrongModel):
+        return
+    # A field the stream does not depend on (say num_layers grown) may change: never the cache.
+    for got, want in zip(decoded, intact, strict=True):
+        assert got.layer == want.layer
+        assert torch.equal(got.key, want.key) and torch.equal(got.value, want.value)
+
+
 def test_flipped_byte_in_scales_is_rejected_naming_the_layer() -> None:
     cache = make_layers((1, 2, 64, 64), [5])
     messages = encode_stream(CodecSpec(codec=INT8), cache)

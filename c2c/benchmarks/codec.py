@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass
 import torch
 import typer
 
-from c2c.kv_codec import CodecSpec, KVStreamDecoder, KVStreamEncoder, codec_name, encode_layer
+from c2c.kv_codec import (
+    CodecSpec,
+    DecodedLayer,
+    KVStreamDecoder,
+    KVStreamEncoder,
+    codec_name,
+    encode_layer,
+)
 from protos import c2c_pb2
 
 LAYOUTS = (c2c_pb2.CODEC_FP16, c2c_pb2.CODEC_BF16, c2c_pb2.CODEC_INT8, c2c_pb2.CODEC_INT4)
@@ -173,7 +180,7 @@ class _Run:
         self.encode = _BestTimes()
         self.decode = _BestTimes()
         self.messages: list[c2c_pb2.KVMessage] = []
-        self.decoded = None
+        self.decoded: DecodedLayer | None = None
 
     def once(self) -> None:
         with self.encode.timing():
