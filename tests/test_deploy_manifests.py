@@ -446,6 +446,36 @@ def test_cuda_image_runs_on_an_nvidia_cuda_runtime_base() -> None:
     assert image.startswith("nvidia/cuda:") and "-runtime-" in image
 
 
+def test_wheel_the_images_install_carries_the_services_and_the_bundled_pair(
+    tmp_path: Path,
+) -> None:
+    """The builder stage installs the project's wheel, so whatever it lacks the image lacks."""
+    import zipfile
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["--wheel-dir", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("c2c", "protos", "sharer_service", "receiver_service", "fuser"):
+        assert f"{package}/__init__.py" in names, package
+    assert "protos/c2c.proto" in names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for script in ("c2c =", "c2c-sharer =", "c2c-receiver ="):
+        assert script in scripts, f"console script {script[:-2]} missing from the wheel"
+    bundled = subprocess.run(
+        ["git", "ls-files", "c2c/bundled"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    missing = [f for f in bundled if "__pycache__" not in f and f not in names]
+    assert not missing, f"bundled files not in the wheel (add them to package-data): {missing}"
+
+
 # The images' health check against a real gRPC health service
 
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +49,10 @@ class TwoHosts:
         )
 
     def start(self, ns: str, argv: list[str], name: str) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("w")
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT
-        )
+        with (self.logs / f"{name}.log").open("w") as log:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *argv], stdout=log, stderr=subprocess.STDOUT
+            )
         self.processes.append(process)
         return process
 
@@ -112,11 +113,11 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHosts]:
     created: list[str] = []
     try:
         for ns in (hosts.sharer_ns, hosts.receiver_ns):
-            try:
-                ip("netns", "add", ns)
-            except RuntimeError as error:
+            added = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+            if added.returncode != 0:
                 pytest.fail(
-                    f"cannot create network namespaces here (needs root or CAP_NET_ADMIN): {error}"
+                    "cannot create network namespaces here (needs root or CAP_NET_ADMIN): "
+                    f"ip netns add: {added.stderr.strip()}"
                 )
             created.append(ns)
         sharer_dev, receiver_dev = f"c2cs{tag % 10**8}", f"c2cr{tag % 10**8}"
@@ -132,6 +133,11 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHosts]:
             ip("-n", ns, "link", "set", dev, "up")
             ip("-n", ns, "link", "set", "lo", "up")
             hosts.delay_ms = shape(ns, dev, LINK_RATE_BITS, LINK_DELAY_MS)
+        if hosts.delay_ms == 0:
+            warnings.warn(
+                "this kernel has no sch_netem: the link is rate-limited (tbf) with no added delay",
+                stacklevel=1,
+            )
         yield hosts
     finally:
         stop(hosts.processes)
