@@ -56,6 +56,7 @@ class TransferStats:
     bytes_on_wire: int = 0
     messages: int = 0
     layers: int = 0
+    raw_bytes: int = 0
     transfer_ms: float = 0.0
     blocked_ms: float = 0.0
     decode_ms: float = 0.0
@@ -90,25 +91,26 @@ class KVTransfer:
     def _receive(self) -> None:
         decoder = self._decoder
         try:
-            with (
-                trace.use_span(self._span, end_on_exit=False),
-                tracer.start_as_current_span("kv.decode") as decode_span,
-            ):
-                try:
-                    for message in self._call:
-                        start = time.perf_counter()
-                        layer = decoder.feed(message)
-                        self.stats.decode_ms += (time.perf_counter() - start) * 1e3
-                        if layer is not None:
-                            self.stats.layers += 1
-                            decode_span.add_event("layer", {"c2c.layer": layer.layer})
-                            self._layers.put(layer)
-                    decoder.finish()
-                finally:
-                    decode_span.set_attribute("c2c.layers", self.stats.layers)
-                    decode_span.set_attribute("c2c.decode_ms", self.stats.decode_ms)
-            trailer = decoder.trailer
-            self.stats.sharer_prefill_ms = trailer.prefill_ms
+            with trace.use_span(self._span, end_on_exit=False):
+                messages = iter(self._call)
+                # The first read starts the RPC, so its client span is a child of this one.
+                first = next(messages, None)
+                with tracer.start_as_current_span("kv.decode") as decode_span:
+                    try:
+                        if first is not None:
+                            self._decode(first, decode_span)
+                        for message in messages:
+                            self._decode(message, decode_span)
+                        decoder.finish()
+                    finally:
+                        decode_span.set_attributes(
+                            {
+                                "c2c.layers": self.stats.layers,
+                                "c2c.raw_bytes": self.stats.raw_bytes,
+                                "c2c.decode_ms": self.stats.decode_ms,
+                            }
+                        )
+            self.stats.sharer_prefill_ms = decoder.trailer.prefill_ms
             self._layers.put(_END)
         except grpc.RpcError as error:
             self._layers.put(peer_error(error, self._target, "Prefill"))
@@ -121,6 +123,17 @@ class KVTransfer:
             self.stats.messages = decoder.messages
             self._finish_span()
             self._finished.set()
+
+    def _decode(self, message: c2c_pb2.KVMessage, decode_span: trace.Span) -> None:
+        start = time.perf_counter()
+        layer = self._decoder.feed(message)
+        self.stats.decode_ms += (time.perf_counter() - start) * 1e3
+        if layer is not None:
+            self.stats.layers += 1
+            raw = layer.key.nbytes + layer.value.nbytes
+            self.stats.raw_bytes += raw
+            decode_span.add_event("layer", {"c2c.layer": layer.layer, "c2c.raw_bytes": raw})
+            self._layers.put(layer)
 
     def _finish_span(self) -> None:
         self._span.set_attributes(
