@@ -495,8 +495,14 @@ class KVStreamEncoder:
         self.encode_ms = 0.0
 
     def header(self) -> c2c_pb2.KVMessage:
+        message = c2c_pb2.KVMessage(header=self._header)
+        if message.ByteSize() > self.spec.max_message_bytes:
+            raise InvalidCodecSpec(
+                f"max message bytes {self.spec.max_message_bytes} cannot hold the stream header "
+                f"({message.ByteSize()} bytes)"
+            )
         self.messages += 1
-        return c2c_pb2.KVMessage(header=self._header)
+        return message
 
     def encode_layer(
         self, layer: int, key: torch.Tensor, value: torch.Tensor

@@ -545,6 +545,21 @@ def test_invalid_codec_spec_is_a_bad_request(options, match) -> None:
     assert isinstance(caught.value, BadRequest)
 
 
+def test_limit_too_small_for_the_stream_header_is_a_bad_request() -> None:
+    encoder = KVStreamEncoder(
+        CodecSpec(max_message_bytes=256),
+        model_fingerprint="f" * 300,
+        num_layers=4,
+        layers=[0],
+        num_kv_heads=2,
+        head_dim=8,
+        num_positions=16,
+        source_dtype="float16",
+    )
+    with pytest.raises(InvalidCodecSpec, match="cannot hold the stream header"):
+        encoder.header()
+
+
 def test_request_zeros_mean_defaults() -> None:
     spec = CodecSpec.from_request(0, 0, 0, default_codec=INT8)
     assert spec == CodecSpec(codec=INT8, group_size=32, max_message_bytes=1 << 20)
