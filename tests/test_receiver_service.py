@@ -192,6 +192,25 @@ def test_stop_string_ends_generation_before_it(receiver) -> None:
     assert reply.text == free.text[: free.text.index(stop)]
 
 
+def test_sampling_is_reproducible_by_seed_and_a_tiny_nucleus_is_greedy(receiver) -> None:
+    def sample(**fields) -> list[int]:
+        reply = generate(receiver.port, prompt=PROMPT, max_new_tokens=12, **fields)
+        return list(reply.token_ids)
+
+    hot = dict(temperature=5.0, seed=11)
+    assert sample(**hot) == sample(**hot)
+    assert sample(**hot) != sample(temperature=5.0, seed=12)
+    assert sample(temperature=5.0, top_p=1e-6, seed=3) == sample()
+
+
+def test_one_token_prompt_has_nothing_to_fuse_and_says_so(receiver) -> None:
+    tokenizer = receiver.pipeline.receiver.tokenizer
+    word = next(w for w in ("cat", "owl", "a") if len(tokenizer(w).input_ids) == 1)
+    reply = generate(receiver.port, prompt=word)
+    assert reply.mode_used == c2c_pb2.MODE_RECEIVER_ONLY
+    assert "nothing to fuse" in reply.fallback_reason and reply.prompt_tokens == 1
+
+
 def test_describe_reports_the_pair_and_c2c_ready(receiver, sharer) -> None:
     card = receiver_stub(receiver.port).Describe(c2c_pb2.DescribeRequest())
     assert card.c2c_ready and not card.c2c_unready_reason
