@@ -333,6 +333,69 @@ def test_receiver_balances_round_robin_over_the_headless_sharer_service(
         assert int(port) in {p["port"] for p in service["spec"]["ports"]}, overlay
 
 
+# Variables the manifests set that the services do not read yet: the contract in deploy/README.md
+# ("What the manifests expect of the services"), to be wired into the services' CLIs.
+AWAITING_SERVICE_SUPPORT = {
+    SHARER: {"C2C_TLS_CERT", "C2C_TLS_KEY", "C2C_TLS_CA", "C2C_HEALTH_PORT"},
+    RECEIVER: {"C2C_TLS_CERT", "C2C_TLS_KEY", "C2C_TLS_CA", "C2C_SHARER_LB_POLICY"},
+}
+
+
+def service_variables() -> dict[str, set[str]]:
+    """The C2C_* variables each service's command line reads."""
+    import typer
+
+    from receiver_service.cli import app as receiver_app
+    from sharer_service.cli import app as sharer_app
+
+    return {
+        name: {p.envvar for p in typer.main.get_command(app).params if p.envvar}
+        for name, app in ((SHARER, sharer_app), (RECEIVER, receiver_app))
+    }
+
+
+def test_every_c2c_variable_in_the_manifests_is_read_by_the_service_it_reaches(
+    rendered: dict[str, list[dict]],
+) -> None:
+    reads = service_variables()
+    for overlay in ("gpu", "cpu-demo"):
+        (config,) = [o for o in rendered[overlay] if o["kind"] == "ConfigMap"]
+        shared = {key for key in config["data"] if key.startswith("C2C_")}
+        unread = shared - reads[SHARER] - reads[RECEIVER]
+        assert not unread, f"{overlay}: ConfigMap sets {unread}, which no service reads"
+        for name in (SHARER, RECEIVER):
+            container = pod_spec(find(rendered[overlay], "Deployment", name))["containers"][0]
+            own = {key for key in env_of(container) if key.startswith("C2C_")}
+            unread = own - reads[name] - AWAITING_SERVICE_SUPPORT[name]
+            assert not unread, f"{overlay}: {name} is given {unread}, which it does not read"
+
+
+def test_variables_awaiting_service_support_are_still_unread_and_still_set(
+    rendered: dict[str, list[dict]],
+) -> None:
+    reads = service_variables()
+    for name, awaited in AWAITING_SERVICE_SUPPORT.items():
+        assert not awaited & reads[name], f"{name} now reads {awaited & reads[name]}: drop them"
+        container = pod_spec(find(rendered["gpu"], "Deployment", name))["containers"][0]
+        assert awaited <= set(env_of(container)), f"{name}: {awaited - set(env_of(container))}"
+
+
+def test_demo_client_job_arguments_parse_as_c2c_generate(rendered: dict[str, list[dict]]) -> None:
+    import typer
+
+    from receiver_service.client import generate_command
+
+    app = typer.Typer()
+    app.command()(generate_command)
+    job = find(rendered["cpu-demo"], "Job", "c2c-demo-client")
+    (client,) = pod_spec(job)["containers"]
+    program, subcommand, *args = client["command"]
+    assert (program, subcommand) == ("c2c", "generate")
+    context = typer.main.get_command(app).make_context("generate", list(args))
+    assert context.params["receiver"] == "c2c-receiver:50052"
+    assert context.params["json_output"] is True
+
+
 def test_gpu_mtls_certificates_come_from_secrets(rendered: dict[str, list[dict]]) -> None:
     gpu = rendered["gpu"]
     for name in (SHARER, RECEIVER):
