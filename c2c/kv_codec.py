@@ -661,7 +661,8 @@ class _IncomingTensor:
             f"{self.scales.info.encoded_bytes} bytes"
         )
 
-    def add(self, piece: c2c_pb2.KVPiece) -> None:
+    def add(self, piece: c2c_pb2.KVPiece, data: bytes) -> None:
+        """Takes one piece; `data` is piece.data, read once (each read copies it)."""
         header = self.header
         if piece.layer != header.layer or piece.kind != header.kind:
             raise StreamOrderError(
@@ -676,7 +677,7 @@ class _IncomingTensor:
                 f"({self.describe()})",
                 layer=header.layer,
             )
-        (self.scales if piece.scales else self.data).add(piece.offset, piece.data)
+        (self.scales if piece.scales else self.data).add(piece.offset, data)
         if not piece.scales and self.data.complete:
             self.data.raw()  # a corrupt data payload is reported before its scales arrive
 
@@ -762,7 +763,6 @@ class KVStreamDecoder:
         elif body == "tensor":
             self._on_tensor(message.tensor)
         elif body == "piece":
-            self.encoded_bytes += len(message.piece.data)
             layer = self._on_piece(message.piece)
             self.messages += 1
             return layer
@@ -909,7 +909,9 @@ class KVStreamDecoder:
                 f"piece for layer {piece.layer} without a tensor header before it",
                 layer=self._current_layer(),
             )
-        incoming.add(piece)
+        data = piece.data
+        self.encoded_bytes += len(data)
+        incoming.add(piece, data)
         if not incoming.complete:
             return None
         tensor = incoming.tensor()
