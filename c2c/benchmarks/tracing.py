@@ -1,0 +1,350 @@
+"""`c2c bench tracing`: what tracing costs a request, measured side by side.
+
+Two complete deployments run at once on this machine, each a real sharer and receiver process:
+one exports every span over OTLP/gRPC (batch processor, as in production) to a span sink in this
+process, the other runs with the OpenTelemetry SDK disabled. The same requests alternate between
+them (on/off, then off/on), so drift in machine load hits both arms alike; the result is the ratio
+of median end-to-end latencies seen by a client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Annotated
+
+import grpc
+import typer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from c2c.bundled import bundled_pair
+from protos import c2c_pb2, c2c_pb2_grpc
+
+TARGET_MEDIAN_RATIO = 1.03
+DEFAULT_PROMPT = "Which planet is the largest in the solar system, and why is it so big?"
+
+
+@dataclass
+class TracingBenchConfig:
+    """What to serve and how many requests to time per arm."""
+
+    receiver_model: Path
+    sharer_model: Path
+    fuser: Path
+    requests: int = 50
+    warmup: int = 5
+    max_new_tokens: int = 16
+    prompt: str = DEFAULT_PROMPT
+    startup_timeout_s: float = 300.0
+
+
+@dataclass
+class ArmResult:
+    """One deployment's latencies, in milliseconds, as the client measured them."""
+
+    tracing: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    spans_exported: int
+    latencies_ms: list[float] = field(repr=False)
+
+
+@dataclass
+class TracingBenchResult:
+    compared: str
+    requests: int
+    mode: str
+    tracing_on: ArmResult
+    tracing_off: ArmResult
+    median_ratio: float
+    target_median_ratio: float
+    meets_target: bool
+
+
+class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace endpoint that counts spans per service and keeps nothing else."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.spans_by_service: dict[str, int] = {}
+
+    def Export(self, request, context):  # noqa: N802 (gRPC method name)
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        kv.value.string_value
+                        for kv in resource_spans.resource.attributes
+                        if kv.key == "service.name"
+                    ),
+                    "",
+                )
+                count = sum(len(scope.spans) for scope in resource_spans.scope_spans)
+                self.spans_by_service[service] = self.spans_by_service.get(service, 0) + count
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans_from(self, prefix: str) -> int:
+        with self._lock:
+            return sum(n for name, n in self.spans_by_service.items() if name.startswith(prefix))
+
+
+@contextmanager
+def running_span_sink() -> Iterator[tuple[SpanSink, int]]:
+    sink = SpanSink()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield sink, port
+    finally:
+        server.stop(grace=None)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the service binds it moments later)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """A service's CLI running as a child process; its log goes to a temporary file (a pipe
+    nobody reads would stall a chatty child)."""
+
+    port: int
+    process: subprocess.Popen
+    log: IO[str]
+
+    def log_tail(self, chars: int = 800) -> str:
+        self.log.seek(0)
+        return self.log.read()[-chars:]
+
+    def wait_serving(self, timeout_s: float) -> None:
+        """Return once its gRPC health service says SERVING; raise if the child died."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"service on port {self.port} exited: {self.log_tail()}")
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"service on port {self.port} not serving after {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        """SIGTERM (the services flush their telemetry on it), SIGKILL after 30 s."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def spawn_service(module: str, args: list[str], env: dict[str, str]) -> ServiceProcess:
+    """Run a service's CLI (``sharer_service.cli`` or ``receiver_service.cli``) on 127.0.0.1
+    and a free port, as a child with ``env``."""
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"from {module} import main; main()", *args]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return ServiceProcess(port=port, process=process, log=log)
+
+
+def stop_services(services: list[ServiceProcess]) -> None:
+    """Signal every service first, then wait for each: they flush their telemetry in parallel."""
+    for service in services:
+        service.process.terminate()
+    for service in reversed(services):
+        service.stop()
+
+
+def otel_free_env(**otel: str) -> dict[str, str]:
+    """This process's environment without OTEL_* settings, plus ``otel``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env.update(otel)
+    return env
+
+
+@contextmanager
+def deployment(config: TracingBenchConfig, name: str, otel: dict[str, str]) -> Iterator[int]:
+    """A sharer and a receiver on 127.0.0.1 with ``otel`` in their environment; yields the
+    receiver's port and stops both on exit."""
+    env = otel_free_env(**otel)
+    started: list[ServiceProcess] = []
+    try:
+        sharer = spawn_service(
+            "sharer_service.cli",
+            ["--model", str(config.sharer_model)],
+            {**env, "OTEL_SERVICE_NAME": f"{name}-sharer"},
+        )
+        started.append(sharer)
+        sharer.wait_serving(config.startup_timeout_s)
+        receiver = spawn_service(
+            "receiver_service.cli",
+            ["--model", str(config.receiver_model), "--fuser", str(config.fuser)]
+            + ["--sharer", f"127.0.0.1:{sharer.port}"],
+            {**env, "OTEL_SERVICE_NAME": f"{name}-receiver"},
+        )
+        started.append(receiver)
+        receiver.wait_serving(config.startup_timeout_s)
+        yield receiver.port
+    finally:
+        stop_services(started)
+
+
+def _timed_generate(stub: c2c_pb2_grpc.ReceiverStub, request: c2c_pb2.GenerateRequest) -> float:
+    start = time.perf_counter()
+    stub.Generate(request, timeout=120)
+    return (time.perf_counter() - start) * 1e3
+
+
+def _arm(tracing: str, latencies: list[float], spans: int) -> ArmResult:
+    deciles = statistics.quantiles(latencies, n=10)
+    return ArmResult(
+        tracing=tracing,
+        median_ms=statistics.median(latencies),
+        p10_ms=deciles[0],
+        p90_ms=deciles[-1],
+        mean_ms=statistics.fmean(latencies),
+        spans_exported=spans,
+        latencies_ms=latencies,
+    )
+
+
+def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
+    """Start both deployments, alternate ``config.requests`` C2C requests between them."""
+    request = c2c_pb2.GenerateRequest(
+        prompt=config.prompt, max_new_tokens=config.max_new_tokens, mode=c2c_pb2.MODE_C2C
+    )
+    with ExitStack() as stack:
+        sink, sink_port = stack.enter_context(running_span_sink())
+        on_port = stack.enter_context(
+            deployment(
+                config,
+                "traced",
+                {
+                    "OTEL_TRACES_EXPORTER": "otlp",
+                    "OTEL_METRICS_EXPORTER": "none",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                },
+            )
+        )
+        off_port = stack.enter_context(
+            deployment(
+                config, "untraced", {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "none"}
+            )
+        )
+        stubs = {
+            arm: c2c_pb2_grpc.ReceiverStub(stack.enter_context(grpc.insecure_channel(target)))
+            for arm, target in (("on", f"127.0.0.1:{on_port}"), ("off", f"127.0.0.1:{off_port}"))
+        }
+        for _ in range(config.warmup):
+            for stub in stubs.values():
+                _timed_generate(stub, request)
+        latencies: dict[str, list[float]] = {"on": [], "off": []}
+        for index in range(config.requests):
+            order = ("on", "off") if index % 2 == 0 else ("off", "on")
+            for arm in order:
+                latencies[arm].append(_timed_generate(stubs[arm], request))
+        # The batch processor exports every 5 s by default; stopping the services flushes it.
+    on = _arm("otlp/grpc, batch processor", latencies["on"], sink.spans_from("traced"))
+    off = _arm("OTEL_SDK_DISABLED=true", latencies["off"], sink.spans_from("untraced"))
+    ratio = on.median_ms / off.median_ms
+    return TracingBenchResult(
+        compared=(
+            "end-to-end Generate latency from a client: sharer+receiver exporting spans over OTLP "
+            "to a local sink vs the same pair with the OpenTelemetry SDK disabled, "
+            "requests alternating between them"
+        ),
+        requests=config.requests,
+        mode="c2c",
+        tracing_on=on,
+        tracing_off=off,
+        median_ratio=ratio,
+        target_median_ratio=TARGET_MEDIAN_RATIO,
+        meets_target=ratio <= TARGET_MEDIAN_RATIO,
+    )
+
+
+def tracing_command(
+    receiver_model: Annotated[
+        Path | None, typer.Option(help="Receiver model directory (default: bundled).")
+    ] = None,
+    sharer_model: Annotated[
+        Path | None, typer.Option(help="Sharer model directory (default: bundled).")
+    ] = None,
+    fuser: Annotated[
+        Path | None, typer.Option(help="Fuser checkpoint directory (default: bundled).")
+    ] = None,
+    requests: Annotated[int, typer.Option(min=2, help="Timed requests per arm.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed requests per arm first.")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per request.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON result here.")] = None,
+) -> None:
+    """Tracing on (OTLP, batch) vs off: median end-to-end latency ratio over the same requests."""
+    if None in (receiver_model, sharer_model, fuser):
+        try:
+            pair = bundled_pair()
+        except FileNotFoundError as error:
+            typer.echo(
+                f"error: {error}; pass --receiver-model, --sharer-model and --fuser", err=True
+            )
+            raise typer.Exit(2) from None
+        receiver_model = receiver_model or pair.receiver
+        sharer_model = sharer_model or pair.sharer
+        fuser = fuser or pair.fuser
+    config = TracingBenchConfig(
+        receiver_model=receiver_model,
+        sharer_model=sharer_model,
+        fuser=fuser,
+        requests=requests,
+        warmup=warmup,
+        max_new_tokens=max_new_tokens,
+    )
+    if not as_json:
+        typer.echo(
+            f"tracing bench: {requests} requests per arm, models from {receiver_model.parent}"
+        )
+    try:
+        result = run_tracing_bench(config)
+    except RuntimeError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    except grpc.RpcError as error:
+        typer.echo(f"error: Generate failed: {error.code().name}: {error.details()}", err=True)
+        raise typer.Exit(1) from None
+    document = json.dumps(asdict(result), indent=2)
+    if out is not None:
+        out.write_text(document + "\n")
+    typer.echo(document)
