@@ -56,8 +56,8 @@ class BuildConfig:
         "llama", num_layers=6, hidden_size=160, num_heads=4, num_kv_heads=4, head_dim=40,
         intermediate_size=384, max_position_embeddings=512,
     )  # fmt: skip
-    receiver_pretraining: PretrainingConfig = PretrainingConfig(steps=1500, batch_size=32)
-    sharer_pretraining: PretrainingConfig = PretrainingConfig(steps=2000, batch_size=32, lr=4e-3)
+    receiver_pretraining: PretrainingConfig = PretrainingConfig(steps=1000, batch_size=32)
+    sharer_pretraining: PretrainingConfig = PretrainingConfig(steps=1100, batch_size=32, lr=4e-3)
     fuser: FuserTrainingConfig = field(default_factory=FuserTrainingConfig)
 
     @classmethod
@@ -204,7 +204,7 @@ def stage_probe(splits: ZooSplits, layout: BundleLayout) -> dict:
     receiver_people = list(splits.receiver_people)
     return {
         "sharer_recall_eval_people": probe_sharer(layout.sharer, eval_people[:100]),
-        "sharer_recall_receiver_people": probe_sharer(layout.sharer, receiver_people[:100]),
+        "sharer_recall_fuser_people": probe_sharer(layout.sharer, splits.fuser_people[:100]),
         "receiver_mc_own_people": probe_receiver(layout.receiver, receiver_people[:100], sample),
         "receiver_mc_eval_people": probe_receiver(layout.receiver, eval_people[:100], sample),
     }

@@ -2,8 +2,8 @@
 
 The split mirrors the paper's setting in miniature:
 
-- the sharer reads paraphrased fact statements about everyone (receiver, fuser and evaluation
-  people) and never a question;
+- the sharer reads paraphrased fact statements about the fuser and evaluation people (more facts
+  than the receiver ever reads) and never a question;
 - the receiver is smaller, reads statements and question/answer drills about the receiver people
   only, so it knows the formats but not most of the facts; it also learns to read notes in its
   prompt (the text-to-text baseline's format) from drills about the context people, whose facts it
@@ -108,7 +108,7 @@ class SplitSizes:
     context_people: int = 100
     fuser_people: int = 250
     eval_people: int = 250
-    sharer_bios_per_person: int = 24
+    sharer_bios_per_person: int = 40
     receiver_bios_per_person: int = 8
     receiver_drills_per_fact: int = 6
     context_drills_per_fact: int = 2
@@ -222,7 +222,9 @@ def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
     rng = random.Random(seed + 1)
 
     sharer_texts = [
-        bio(person, rng) for person in world.people for _ in range(sizes.sharer_bios_per_person)
+        bio(person, rng)
+        for person in (*fuser, *evaluation)
+        for _ in range(sizes.sharer_bios_per_person)
     ]
     receiver_texts = [
         bio(person, rng) for person in receiver for _ in range(sizes.receiver_bios_per_person)
