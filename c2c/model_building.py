@@ -39,10 +39,12 @@ class ModelSizes:
     tie_word_embeddings: bool = True
 
 
-def make_config(sizes: ModelSizes, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-    """The Hugging Face config for these sizes, with the tokenizer's vocabulary and special ids."""
+def make_config(
+    sizes: ModelSizes, vocab_size: int, special_ids: dict[str, int | None] | None = None
+) -> PretrainedConfig:
+    """The Hugging Face config for these sizes; special_ids: eos/pad/bos_token_id."""
     common = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=sizes.hidden_size,
         intermediate_size=sizes.intermediate_size,
         num_hidden_layers=sizes.num_layers,
@@ -51,9 +53,7 @@ def make_config(sizes: ModelSizes, tokenizer: PreTrainedTokenizerBase) -> Pretra
         max_position_embeddings=sizes.max_position_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": sizes.rope_theta},
         tie_word_embeddings=sizes.tie_word_embeddings,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+        **(special_ids or {}),
     )
     if sizes.family == "qwen3":
         return Qwen3Config(head_dim=sizes.head_dim, architectures=["Qwen3ForCausalLM"], **common)
@@ -74,7 +74,12 @@ def build_causal_lm(
     std: float = 0.02,
 ) -> Path:
     """Random-init a model (same seed, same weights), save it with its tokenizer; return the dir."""
-    config = make_config(sizes, tokenizer)
+    special_ids = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    config = make_config(sizes, len(tokenizer), special_ids)
     config.initializer_range = std
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -99,7 +99,9 @@ class C2CFuser(nn.Module):
                 needed.append(self._layer_map[layer])
         return needed
 
-    def _check(self, layer: int, name: str, tensor: Tensor, heads: int, head_dim: int) -> None:
+    def _check_shape(
+        self, layer: int, name: str, tensor: Tensor, heads: int, head_dim: int
+    ) -> None:
         if tensor is None:
             raise LayerFusionError(layer, f"{name} is missing")
         if tensor.dim() != 4:
@@ -112,17 +114,21 @@ class C2CFuser(nn.Module):
             raise LayerFusionError(
                 layer, f"{name} has head_dim {tensor.shape[3]}, expected {head_dim}"
             )
-        if not torch.isfinite(tensor).all():
-            raise LayerFusionError(layer, f"{name} contains NaN or Inf")
 
     def check_inputs(self, layer: int, k_r: Tensor, v_r: Tensor, k_s: Tensor, v_s: Tensor) -> None:
         """Raise LayerFusionError naming the layer for any shape, length or value problem."""
         receiver, sharer = self.config.receiver, self.config.sharer
-        for name, tensor in (("receiver keys", k_r), ("receiver values", v_r)):
-            self._check(layer, name, tensor, receiver.num_kv_heads, receiver.head_dim)
         sharer_layer = self._layer_map[layer]
+        named = {
+            "receiver keys": k_r,
+            "receiver values": v_r,
+            f"sharer layer {sharer_layer} keys": k_s,
+            f"sharer layer {sharer_layer} values": v_s,
+        }
+        for name, tensor in (("receiver keys", k_r), ("receiver values", v_r)):
+            self._check_shape(layer, name, tensor, receiver.num_kv_heads, receiver.head_dim)
         for name, tensor in (("keys", k_s), ("values", v_s)):
-            self._check(
+            self._check_shape(
                 layer,
                 f"sharer layer {sharer_layer} {name}",
                 tensor,
@@ -141,6 +147,11 @@ class C2CFuser(nn.Module):
                     f"{name} have batch {tensor.shape[0]} and sequence length {tensor.shape[2]}, "
                     f"receiver keys have batch {batch} and sequence length {length}",
                 )
+        # One device sync for all four tensors; find the culprit only when something is wrong.
+        finite = torch.stack([torch.isfinite(t).all().to(k_r.device) for t in named.values()])
+        if not bool(finite.all()):
+            culprit = list(named)[int((~finite).nonzero()[0])]
+            raise LayerFusionError(layer, f"{culprit} contains NaN or Inf")
 
     def fuse_layer(
         self, receiver_layer: int, k_r: Tensor, v_r: Tensor, k_s: Tensor, v_s: Tensor
