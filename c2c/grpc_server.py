@@ -35,11 +35,15 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    health_server: grpc.Server | None = None
+    health_port: int = 0
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace_s``, then stop."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
 
     def wait_for_signal(self, grace_s: float = 5.0) -> None:
         """Block until SIGTERM or SIGINT, then stop gracefully and flush telemetry."""
@@ -61,9 +65,15 @@ def start_grpc_server(
     port: int,
     max_workers: int,
     max_message_bytes: int = 64 << 20,
+    credentials: grpc.ServerCredentials | None = None,
+    health_port: int | None = None,
 ) -> RunningServer:
     """Start a server with ``add_services`` (each registers one servicer and returns its full
-    service name), health (overall and per service, all SERVING) and reflection."""
+    service name), health (overall and per service, all SERVING) and reflection.
+
+    ``credentials`` secure the port; ``health_port`` (0: any free one) adds a plaintext port that
+    serves only the health service (kubelet gRPC probes cannot present a client certificate).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[grpc_server_interceptor(), ErrorStatusInterceptor()],
@@ -81,8 +91,27 @@ def start_grpc_server(
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+        raise OSError(f"cannot bind {address}")
+    health_server, bound_health_port = None, 0
+    if health_port is not None:
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        bound_health_port = health_server.add_insecure_port(f"{host}:{health_port}")
+        if bound_health_port == 0:
+            raise OSError(f"cannot bind the health port {host}:{health_port}")
+        health_server.start()
     server.start()
-    return RunningServer(server=server, port=bound, health=health_servicer, service_names=names)
+    return RunningServer(
+        server=server,
+        port=bound,
+        health=health_servicer,
+        service_names=names,
+        health_server=health_server,
+        health_port=bound_health_port,
+    )

@@ -6,9 +6,11 @@ Typer turns these enums into validated ``--codec``/``--dtype`` choices listed in
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import grpc
 import typer
 
 from protos import c2c_pb2
@@ -68,3 +70,39 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for mutual TLS between receiver and sharer; all three or none."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        given = [f is not None for f in (self.cert, self.key, self.ca)]
+        if any(given) and not all(given):
+            raise ValueError("TLS needs all of --tls-cert, --tls-key and --tls-ca, or none")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+    def _read(self) -> tuple[bytes, bytes, bytes]:
+        assert self.cert is not None and self.key is not None and self.ca is not None
+        return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """Serve with our certificate; require a client certificate signed by the CA."""
+        cert, key, ca = self._read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """Present our certificate; accept a server whose certificate chains to the CA."""
+        cert, key, ca = self._read()
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )

@@ -86,6 +86,26 @@ def receiver(
             envvar="C2C_METRICS_PORT", help="Serve Prometheus /metrics on this port (0: off)."
         ),
     ] = 0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="C2C_TLS_CERT", help="PEM certificate shown to the sharer (mutual TLS)."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="C2C_TLS_KEY", help="PEM private key of --tls-cert.")
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="C2C_TLS_CA", help="PEM CA the sharer's certificate must chain to."),
+    ] = None,
+    sharer_lb_policy: Annotated[
+        str,
+        typer.Option(
+            envvar="C2C_SHARER_LB_POLICY",
+            help="gRPC load balancing over the sharer's addresses: pick_first or round_robin.",
+        ),
+    ] = "pick_first",
     log_level: Annotated[
         str, typer.Option(envvar="C2C_LOG_LEVEL", help="Python log level.")
     ] = "info",
@@ -114,6 +134,10 @@ def receiver(
             text_hint_tokens=text_hint_tokens,
             workers=workers,
             metrics_port=metrics_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
+            sharer_lb_policy=sharer_lb_policy,
         )
     except (C2CError, OSError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)

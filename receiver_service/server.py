@@ -9,6 +9,7 @@ from pathlib import Path
 
 from c2c.grpc_server import RunningServer, start_grpc_server
 from c2c.model_loading import load_causal_lm
+from c2c.service_config import TlsFiles
 from c2c.telemetry import setup_telemetry, start_prometheus_endpoint
 from fuser.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from protos import c2c_pb2
@@ -62,11 +63,18 @@ def serve(
     text_hint_tokens: int = 64,
     workers: int = 16,
     metrics_port: int = 0,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_ca: Path | None = None,
+    sharer_lb_policy: str = "pick_first",
     wait: bool = True,
 ) -> ReceiverServer:
     """Load model and fuser, check the sharer, start the server, and (``wait``) serve until
     SIGTERM/SIGINT. A sharer that is unreachable or not the fuser's leaves c2c unready (logged,
-    reported by Describe); receiver_only and text requests are served regardless."""
+    reported by Describe); receiver_only and text requests are served regardless. The TLS files
+    secure the channel to the sharer (mutual TLS); ``sharer_lb_policy`` is its gRPC load-balancing
+    policy (``round_robin`` across the addresses of a headless Service)."""
+    tls = TlsFiles(tls_cert, tls_key, tls_ca)
     loaded = load_causal_lm(model, dtype, device)
     setup_telemetry("c2c-receiver", model_name=loaded.card.name)
     if metrics_port:
@@ -82,8 +90,13 @@ def serve(
         sharer_timeout_s=sharer_timeout,
         text_hint_tokens=text_hint_tokens,
     )
+    sharer_client = SharerClient(
+        sharer,
+        credentials=tls.channel_credentials() if tls.enabled else None,
+        lb_policy=sharer_lb_policy,
+    )
     pipeline = ReceiverPipeline(
-        loaded, c2c_fuser, fuser_fingerprint(fuser), SharerClient(sharer), settings
+        loaded, c2c_fuser, fuser_fingerprint(fuser), sharer_client, settings
     )
     readiness = pipeline.check_sharer()
     if readiness.ready:

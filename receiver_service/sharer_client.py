@@ -31,6 +31,7 @@ from protos import c2c_pb2, c2c_pb2_grpc
 tracer = trace.get_tracer(__name__)
 
 _MAX_MESSAGE_BYTES = 64 << 20
+LB_POLICIES = ("pick_first", "round_robin")
 _END = object()
 
 
@@ -181,19 +182,28 @@ class SharerClient:
     connection through gRPC's global subchannel pool, so this costs no handshake.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        lb_policy: str = "pick_first",
+    ) -> None:
+        if lb_policy not in LB_POLICIES:
+            raise ValueError(f"sharer load balancing {lb_policy!r}: expected one of {LB_POLICIES}")
         self.target = target
+        self._credentials = credentials
+        self._options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.lb_policy_name", lb_policy),
+        ]
         self._channel = self._new_channel()
         self._stub = c2c_pb2_grpc.SharerStub(intercept_client_channel(self._channel))
 
     def _new_channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
+        if self._credentials is None:
+            return grpc.insecure_channel(self.target, options=self._options)
+        return grpc.secure_channel(self.target, self._credentials, options=self._options)
 
     def close(self) -> None:
         self._channel.close()

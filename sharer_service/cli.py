@@ -67,6 +67,23 @@ def sharer(
             envvar="C2C_METRICS_PORT", help="Serve Prometheus /metrics on this port (0: off)."
         ),
     ] = 0,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="C2C_TLS_CERT", help="PEM certificate; with key and CA: mutual TLS."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="C2C_TLS_KEY", help="PEM private key of --tls-cert.")
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="C2C_TLS_CA", help="PEM CA that must sign client certificates."),
+    ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="C2C_HEALTH_PORT", help="Also serve health alone, in plaintext, on this port."
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(envvar="C2C_LOG_LEVEL", help="Python log level.")
     ] = "info",
@@ -89,6 +106,10 @@ def sharer(
             max_message_bytes=max_message_bytes,
             workers=workers,
             metrics_port=metrics_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
+            health_port=health_port,
         )
     except (C2CError, OSError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from c2c.grpc_server import RunningServer, start_grpc_server
 from c2c.model_loading import load_causal_lm
+from c2c.service_config import TlsFiles
 from c2c.telemetry import setup_telemetry, start_prometheus_endpoint
 from protos import c2c_pb2, c2c_pb2_grpc
 from sharer_service.prefill import SharerLimits, SharerPrefill
@@ -46,9 +47,18 @@ def serve(
     max_message_bytes: int = 1 << 20,
     workers: int = 16,
     metrics_port: int = 0,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_ca: Path | None = None,
+    health_port: int | None = None,
     wait: bool = True,
 ) -> SharerServer:
-    """Load the model, start the server, and (``wait``) serve until SIGTERM/SIGINT."""
+    """Load the model, start the server, and (``wait``) serve until SIGTERM/SIGINT.
+
+    With the three TLS files the port requires a client certificate signed by ``tls_ca``;
+    ``health_port`` then serves the health service alone, in plaintext, for probes.
+    """
+    tls = TlsFiles(tls_cert, tls_key, tls_ca)
     loaded = load_causal_lm(model, dtype, device)
     setup_telemetry("c2c-sharer", model_name=loaded.card.name)
     if metrics_port:
@@ -66,15 +76,24 @@ def serve(
         c2c_pb2_grpc.add_SharerServicer_to_server(servicer, server)
         return SERVICE_NAME
 
-    running = start_grpc_server([add_sharer], host=host, port=port, max_workers=workers)
+    running = start_grpc_server(
+        [add_sharer],
+        host=host,
+        port=port,
+        max_workers=workers,
+        credentials=tls.server_credentials() if tls.enabled else None,
+        health_port=health_port,
+    )
     _logger.info(
-        "c2c-sharer serving %s (%s, %s on %s) on %s:%d",
+        "c2c-sharer serving %s (%s, %s on %s) on %s:%d%s%s",
         loaded.card.name,
         loaded.card.architecture,
         dtype,
         device,
         host,
         running.port,
+        " with mutual TLS" if tls.enabled else "",
+        f", health on {host}:{running.health_port}" if running.health_server else "",
     )
     sharer = SharerServer(running=running, prefill=prefill)
     if wait:

@@ -3,6 +3,8 @@ start-up checks against the sharer, health and reflection."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
 import time
 from concurrent import futures
@@ -10,6 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -394,3 +400,89 @@ def test_reflection_lists_the_services(receiver, sharer) -> None:
         )
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert {service, "grpc.health.v1.Health"} <= names
+
+
+# -- mutual TLS -----------------------------------------------------------------------------------
+
+
+def write_pki(directory: Path) -> dict[str, Path]:
+    """A CA, and a server (127.0.0.1) and a client certificate it signed, as PEM files."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(name, key, issuer_name, issuer_key, *, ca: bool, san=None):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = issue("test-ca", ca_key, "test-ca", ca_key, ca=True)
+    files = {"ca": directory / "ca.pem"}
+    files["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for role, san in (
+        ("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        ("client", [x509.DNSName("receiver")]),
+    ):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue(role, key, "test-ca", ca_key, ca=False, san=san)
+        files[f"{role}_cert"] = directory / f"{role}.pem"
+        files[f"{role}_key"] = directory / f"{role}.key"
+        files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{role}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return files
+
+
+def test_mutual_tls_between_receiver_and_sharer(
+    tiny_pair_dirs: TinyPair, fuser_dir: Path, tmp_path: Path
+) -> None:
+    pki = write_pki(tmp_path)
+    sharer = start_sharer(
+        tiny_pair_dirs.llama_sharer,
+        tls_cert=pki["server_cert"],
+        tls_key=pki["server_key"],
+        tls_ca=pki["ca"],
+        health_port=0,
+    )
+    with_certs = start_receiver(
+        tiny_pair_dirs.receiver,
+        fuser_dir,
+        sharer.port,
+        tls_cert=pki["client_cert"],
+        tls_key=pki["client_key"],
+        tls_ca=pki["ca"],
+    )
+    without_certs = start_receiver(tiny_pair_dirs.receiver, fuser_dir, sharer.port)
+    try:
+        reply = generate(with_certs.port, prompt=PROMPT)
+        assert reply.mode_used == c2c_pb2.MODE_C2C and reply.bytes_on_wire > 0
+        error = rpc_error(generate, without_certs.port, prompt=PROMPT)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        plaintext = sharer_stub(sharer.port)
+        assert rpc_error(plaintext.Describe, c2c_pb2.DescribeRequest(), timeout=5).code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+        probe = health_pb2_grpc.HealthStub(
+            grpc.insecure_channel(f"127.0.0.1:{sharer.running.health_port}")
+        )
+        status = probe.Check(health_pb2.HealthCheckRequest(service="c2c.v1.Sharer"), timeout=10)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        with_certs.stop(0)
+        without_certs.stop(0)
+        sharer.stop(0)
