@@ -443,6 +443,24 @@ def test_services_export_traces_to_the_collector_of_the_observability_overlay(
     find(observability, "Service", jaeger_host)
 
 
+def test_collector_pipelines_use_only_components_the_config_defines(
+    rendered: dict[str, list[dict]],
+) -> None:
+    (collector_config,) = [o for o in rendered["observability"] if o["kind"] == "ConfigMap"]
+    config = yaml.safe_load(collector_config["data"]["config.yaml"])
+    service = config["service"]
+    assert set(service["extensions"]) <= set(config["extensions"])
+    assert "traces" in service["pipelines"]
+    for name, pipeline in service["pipelines"].items():
+        for section in ("receivers", "processors", "exporters"):
+            undefined = set(pipeline.get(section, [])) - set(config.get(section, {}))
+            assert not undefined, f"pipeline {name} uses undefined {section}: {undefined}"
+    collector = find(rendered["observability"], "Deployment", "otel-collector")
+    (container,) = pod_spec(collector)["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert f"--config={mount['mountPath']}/config.yaml" in container["args"]
+
+
 def test_receivers_autoscale_and_every_service_keeps_a_pod_through_disruptions(
     rendered: dict[str, list[dict]],
 ) -> None:
