@@ -45,12 +45,15 @@ def _dims(name: str, sizes: ModelSizes, dtype: str) -> ModelDims:
     )
 
 
-def _random_model(sizes: ModelSizes, dtype: str, device: str, seed: int) -> torch.nn.Module:
+def _random_model(
+    sizes: ModelSizes, vocab_size: int, dtype: str, device: str, seed: int
+) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(
-        make_config(sizes, VOCAB_SIZE), dtype=torch_dtype(dtype)
-    )
-    return model.to(device).eval().requires_grad_(False)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            make_config(sizes, vocab_size), dtype=torch_dtype(dtype)
+        )
+    return model.eval().requires_grad_(False)
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
@@ -129,13 +132,16 @@ def run_fuser_benchmark(
     graphs: bool,
     graph_check: bool,
     seed: int = 0,
+    receiver_sizes: ModelSizes = QWEN3_0_6B,
+    sharer_sizes: ModelSizes = QWEN2_5_0_5B,
+    vocab_size: int = VOCAB_SIZE,
 ) -> dict:
     """Every number of the fuser benchmark, measured side by side in this one run."""
-    receiver_model = _random_model(QWEN3_0_6B, dtype, device, seed)
-    sharer_model = _random_model(QWEN2_5_0_5B, dtype, device, seed + 1)
+    receiver_model = _random_model(receiver_sizes, vocab_size, dtype, device, seed)
+    sharer_model = _random_model(sharer_sizes, vocab_size, dtype, device, seed + 1)
     config = FuserConfig(
-        receiver=_dims("qwen3-0.6b-shaped", QWEN3_0_6B, dtype),
-        sharer=_dims("qwen2.5-0.5b-shaped", QWEN2_5_0_5B, dtype),
+        receiver=_dims("receiver", receiver_sizes, dtype),
+        sharer=_dims("sharer", sharer_sizes, dtype),
         projector=ProjectorConfig(hidden_size=hidden_size),
     )
     torch.manual_seed(seed)
@@ -153,15 +159,16 @@ def run_fuser_benchmark(
         ),
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "dtype": dtype,
-        "receiver": asdict(QWEN3_0_6B),
-        "sharer": asdict(QWEN2_5_0_5B),
+        "receiver": asdict(receiver_sizes),
+        "sharer": asdict(sharer_sizes),
+        "vocab_size": vocab_size,
         "projector": asdict(config.projector),
         "fused_layers": len(fused_layers),
         "graph_capture_s": capture_s,
         "lengths": {},
     }
     for length in lengths:
-        ids = torch.randint(0, VOCAB_SIZE, (1, length), device=device)
+        ids = torch.randint(0, vocab_size, (1, length), device=device)
         receiver_cache = receiver_model.model(input_ids=ids, use_cache=True).cache
         sharer_cache = sharer_model.model(input_ids=ids, use_cache=True).cache
         prefill_ms = _median_ms(
@@ -180,7 +187,7 @@ def run_fuser_benchmark(
         best_ms = graphs_ms if graphs_ms is not None else eager_ms
         report["lengths"][str(length)] = {
             "receiver_prefill_ms": prefill_ms,
-            "receiver_prefill_per_layer_ms": prefill_ms / QWEN3_0_6B.num_layers,
+            "receiver_prefill_per_layer_ms": prefill_ms / receiver_sizes.num_layers,
             "fusion_eager_all_layers_ms": eager_ms,
             "fusion_eager_per_layer_ms": eager_ms / len(fused_layers),
             "fusion_graphs_all_layers_ms": graphs_ms,
