@@ -22,6 +22,10 @@ from c2c.errors import BadRequest
 _INCOMPLETE_CHARACTER = "\ufffd"
 
 
+class RequestCancelled(Exception):
+    """The client went away or its deadline passed: the work is dropped and nobody is told."""
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How the next token is chosen: greedy when ``temperature`` is 0."""

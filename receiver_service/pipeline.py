@@ -32,7 +32,14 @@ from c2c.errors import (
     PeerUnavailable,
     WrongModel,
 )
-from c2c.generation import GenerationResult, ModelRunner, StopRule, TextDelta, eos_token_ids
+from c2c.generation import (
+    GenerationResult,
+    ModelRunner,
+    RequestCancelled,
+    StopRule,
+    TextDelta,
+    eos_token_ids,
+)
 from c2c.generation import generate as decode_loop
 from c2c.kv_codec import ExpectedShape, codec_name
 from c2c.model_loading import LoadedModel, card_from_proto
@@ -59,10 +66,6 @@ _FALLBACK_LABELS = {
     WrongModel: "wrong_model",
 }
 _POLL_SECONDS = 0.05
-
-
-class RequestCancelled(Exception):
-    """The client went away; the request's work is dropped."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,9 @@ class ReceiverPipeline:
             except RequestCancelled:
                 status = "cancelled"
                 span.add_event("cancelled")
+            except GeneratorExit:  # the caller stopped reading: the client is gone
+                status = "cancelled"
+                raise
             except C2CError as error:
                 status = error.status.name
                 raise

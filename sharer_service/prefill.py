@@ -23,6 +23,7 @@ from c2c.errors import BadRequest
 from c2c.generation import (
     GenerationResult,
     ModelRunner,
+    RequestCancelled,
     SamplingConfig,
     StopRule,
     eos_token_ids,
@@ -31,6 +32,7 @@ from c2c.generation import (
 from c2c.kv_codec import CodecSpec, KVStreamEncoder, codec_name
 from c2c.model_loading import LoadedModel
 from fuser.alignment import align_positions
+from protos import c2c_pb2
 
 tracer = trace.get_tracer(__name__)
 
@@ -47,7 +49,7 @@ class SharerLimits:
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 512
     max_message_bytes: int = 1 << 20
-    default_codec: int = 1  # c2c_pb2.CODEC_FP16
+    default_codec: int = c2c_pb2.CODEC_FP16
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,6 @@ class TextPlan:
     sampling: SamplingConfig
     max_new_tokens: int
     stop_strings: tuple[str, ...]
-
-
-class RequestCancelled(Exception):
-    """The client went away or its deadline passed; the work is abandoned, nobody is told."""
 
 
 class _Canceller:
