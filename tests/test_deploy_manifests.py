@@ -333,14 +333,6 @@ def test_receiver_balances_round_robin_over_the_headless_sharer_service(
         assert int(port) in {p["port"] for p in service["spec"]["ports"]}, overlay
 
 
-# Variables the manifests set that the services do not read yet: the contract in deploy/README.md
-# ("What the manifests expect of the services"), to be wired into the services' CLIs.
-AWAITING_SERVICE_SUPPORT = {
-    SHARER: {"C2C_TLS_CERT", "C2C_TLS_KEY", "C2C_TLS_CA", "C2C_HEALTH_PORT"},
-    RECEIVER: {"C2C_TLS_CERT", "C2C_TLS_KEY", "C2C_TLS_CA", "C2C_SHARER_LB_POLICY"},
-}
-
-
 def service_variables() -> dict[str, set[str]]:
     """The C2C_* variables each service's command line reads."""
     import typer
@@ -366,18 +358,8 @@ def test_every_c2c_variable_in_the_manifests_is_read_by_the_service_it_reaches(
         for name in (SHARER, RECEIVER):
             container = pod_spec(find(rendered[overlay], "Deployment", name))["containers"][0]
             own = {key for key in env_of(container) if key.startswith("C2C_")}
-            unread = own - reads[name] - AWAITING_SERVICE_SUPPORT[name]
+            unread = own - reads[name]
             assert not unread, f"{overlay}: {name} is given {unread}, which it does not read"
-
-
-def test_variables_awaiting_service_support_are_still_unread_and_still_set(
-    rendered: dict[str, list[dict]],
-) -> None:
-    reads = service_variables()
-    for name, awaited in AWAITING_SERVICE_SUPPORT.items():
-        assert not awaited & reads[name], f"{name} now reads {awaited & reads[name]}: drop them"
-        container = pod_spec(find(rendered["gpu"], "Deployment", name))["containers"][0]
-        assert awaited <= set(env_of(container)), f"{name}: {awaited - set(env_of(container))}"
 
 
 def test_demo_client_job_arguments_parse_as_c2c_generate(rendered: dict[str, list[dict]]) -> None:
