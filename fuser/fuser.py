@@ -162,19 +162,22 @@ class C2CFuser(nn.Module):
                 receiver_layer,
                 f"no such layer; the receiver has {self.config.receiver.num_layers} layers",
             )
-        if receiver_layer not in self.fused_receiver_layers():
+        if receiver_layer not in self._layer_map:
+            return k_r, v_r
+        # One read of the gates per call: they sync the device.
+        gates = None if self.training else self.hard_gates(receiver_layer)
+        if gates == (False, False):
             return k_r, v_r
         self.check_inputs(receiver_layer, k_r, v_r, k_s, v_s)
         projector = self.projectors[str(receiver_layer)]
-        dtype = projector.gate_logits.dtype
+        device, dtype = projector.gate_logits.device, projector.gate_logits.dtype
         k_new, v_new = projector(
-            k_r.to(dtype), v_r.to(dtype), k_s.to(dtype), v_s.to(dtype), self.gate_temperature
+            *(t.to(device, dtype) for t in (k_r, v_r, k_s, v_s)), self.gate_temperature
         )
         k_new, v_new = k_new.to(k_r.dtype), v_new.to(v_r.dtype)
-        if not self.training:
-            key_on, value_on = projector.hard_gates()
-            k_new = k_new if key_on else k_r
-            v_new = v_new if value_on else v_r
+        if gates is not None:
+            k_new = k_new if gates[0] else k_r
+            v_new = v_new if gates[1] else v_r
         return k_new, v_new
 
     def fuse_cache(

@@ -357,7 +357,12 @@ def train_command(
     layer_map: Annotated[str, typer.Option(help="last_aligned or proportional.")] = "last_aligned",
     alignment: Annotated[str | None, typer.Option(help="identity, offsets or first.")] = None,
     hidden_size: Annotated[int, typer.Option(min=1, help="Projector width.")] = 256,
+    trunk_blocks: Annotated[int, typer.Option(min=0, help="Shared SwiGLU blocks.")] = 1,
+    projection_blocks: Annotated[int, typer.Option(min=0)] = 1,
     dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    gate_anneal_steps: Annotated[
+        int | None, typer.Option(min=1, help="Gate temperature 1 -> 0.001 over N steps.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train a C2C fuser between two frozen models; writes OUT/metrics.json."""
@@ -386,7 +391,13 @@ def train_command(
         device=device,
         layer_map=layer_map,
         alignment=alignment,
-        projector=ProjectorConfig(hidden_size=hidden_size, dropout=dropout),
+        projector=ProjectorConfig(
+            hidden_size=hidden_size,
+            trunk_blocks=trunk_blocks,
+            projection_blocks=projection_blocks,
+            dropout=dropout,
+        ),
+        gate_anneal_steps=gate_anneal_steps,
         progress=progress,
     )
     try:
