@@ -11,6 +11,7 @@ import typer
 from c2c.benchmarks.codec import codec_command
 from c2c.benchmarks.fuser import fuser_command
 from c2c.benchmarks.services import services_command
+from c2c.benchmarks.tracing import tracing_command
 from c2c.evaluation import eval_command
 from c2c.trace_view import show_command as trace_show_command
 from c2c.zoo.build import build_command as zoo_build_command
@@ -27,6 +28,7 @@ app.add_typer(zoo_app, name="zoo")
 app.command("generate")(generate_command)
 app.command("train")(train_command)
 bench_app.command("codec")(codec_command)
+bench_app.command("tracing")(tracing_command)
 bench_app.command("fuser")(fuser_command)
 bench_app.command("services")(services_command)
 trace_app.command("show")(trace_show_command)
