@@ -49,6 +49,9 @@ class TracingBenchConfig:
     max_new_tokens: int = 16
     prompt: str = DEFAULT_PROMPT
     startup_timeout_s: float = 300.0
+    # One intra-op thread per service: four services on a small CPU machine otherwise fight over
+    # cores, and that noise dwarfs what tracing costs. Both arms get the same.
+    torch_threads: int = 1
 
 
 @dataclass
@@ -69,6 +72,8 @@ class TracingBenchResult:
     compared: str
     requests: int
     mode: str
+    max_new_tokens: int
+    torch_threads_per_service: str
     tracing_on: ArmResult
     tracing_off: ArmResult
     median_ratio: float
@@ -200,6 +205,7 @@ def deployment(config: TracingBenchConfig, name: str, otel: dict[str, str]) -> I
     """A sharer and a receiver on 127.0.0.1 with ``otel`` in their environment; yields the
     receiver's port and stops both on exit."""
     env = otel_free_env(**otel)
+    env.setdefault("OMP_NUM_THREADS", str(config.torch_threads))
     started: list[ServiceProcess] = []
     try:
         sharer = spawn_service(
@@ -288,6 +294,8 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         ),
         requests=config.requests,
         mode="c2c",
+        max_new_tokens=config.max_new_tokens,
+        torch_threads_per_service=os.environ.get("OMP_NUM_THREADS", str(config.torch_threads)),
         tracing_on=on,
         tracing_off=off,
         median_ratio=ratio,
@@ -309,6 +317,9 @@ def tracing_command(
     requests: Annotated[int, typer.Option(min=2, help="Timed requests per arm.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed requests per arm first.")] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per request.")] = 16,
+    torch_threads: Annotated[
+        int, typer.Option(min=1, help="OMP_NUM_THREADS of each service (unless already set).")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON result.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON result here.")] = None,
 ) -> None:
@@ -331,6 +342,7 @@ def tracing_command(
         requests=requests,
         warmup=warmup,
         max_new_tokens=max_new_tokens,
+        torch_threads=torch_threads,
     )
     if not as_json:
         typer.echo(
