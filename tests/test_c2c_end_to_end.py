@@ -10,12 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode, format_trace_id
 
 from c2c.generation import eos_token_ids
 from c2c.kv_codec import CodecSpec, quantize_tensor
 from c2c.model_loading import LoadedModel, load_causal_lm
+from c2c.telemetry import setup_telemetry
 from fuser.alignment import tokenize_with_spans
 from fuser.checkpoint import load_checkpoint, save_checkpoint
 from fuser.fused_prefill import fused_prompt_cache, sharer_aligned_kv
@@ -207,3 +212,97 @@ def test_only_the_layers_the_fuser_needs_cross_the_wire(
         assert list(reply.token_ids) == in_process_tokens(deployed, prompt)
     finally:
         deployed.stop()
+
+
+@pytest.fixture(scope="module")
+def recorded_spans() -> InMemorySpanExporter:
+    """Every span finished in this process from now on (the services share its provider)."""
+    exporter = InMemorySpanExporter()
+    setup_telemetry("c2c-tests").tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def spans_of(exporter: InMemorySpanExporter, trace_id: str) -> dict[str, list]:
+    found: dict[str, list] = {}
+    for span in exporter.get_finished_spans():
+        if format_trace_id(span.context.trace_id) == trace_id:
+            found.setdefault(span.name, []).append(span)
+    return found
+
+
+def is_descendant(span, ancestor, by_id: dict) -> bool:
+    while span.parent is not None:
+        if span.parent.span_id == ancestor.context.span_id:
+            return True
+        span = by_id.get(span.parent.span_id)
+        if span is None:
+            return False
+    return False
+
+
+def test_one_request_is_one_trace_with_every_span_of_both_services(
+    deployment: Deployment, recorded_spans: InMemorySpanExporter
+) -> None:
+    reply = generate(deployment.stub(), PROMPTS[0])
+    spans = spans_of(recorded_spans, reply.trace_id)
+    required = [
+        "receiver.generate",
+        "receiver.tokenize",
+        "receiver.prefill",
+        "network.transfer",
+        "kv.decode",
+        "fusion",
+        "decoding",
+        "sharer.prefill",
+        "sharer.forward",
+        "kv.encode",
+    ]
+    assert all(name in spans for name in required), sorted(spans)
+    by_id = {s.context.span_id: s for group in spans.values() for s in group}
+    (transfer,) = spans["network.transfer"]
+    (sharer_prefill,) = spans["sharer.prefill"]
+    assert is_descendant(sharer_prefill, transfer, by_id)
+    (root,) = spans["receiver.generate"]
+    assert root.attributes["c2c.mode"] == "c2c" and root.attributes["c2c.mode_used"] == "c2c"
+    assert root.attributes["c2c.prompt_tokens"] == reply.prompt_tokens
+    assert root.attributes["c2c.new_tokens"] == len(reply.token_ids)
+    assert transfer.attributes["c2c.bytes_on_wire"] == reply.bytes_on_wire
+    assert transfer.attributes["c2c.layers"] == len(reply.sharer_layers)
+    (encode,) = spans["kv.encode"]
+    assert encode.attributes["c2c.encoded_bytes"] == reply.bytes_on_wire
+    (fusion,) = spans["fusion"]
+    fused = [event.attributes["c2c.layer"] for event in fusion.events if event.name == "layer"]
+    assert sorted(fused) == list(reply.fused_layers)
+    (decoding,) = spans["decoding"]
+    assert decoding.attributes["c2c.new_tokens"] == len(reply.token_ids)
+    assert decoding.attributes["c2c.tokens_per_s"] > 0
+
+
+def test_fallback_and_failure_are_visible_on_the_request_span(
+    tiny_pair_dirs: TinyPair, tmp_path: Path, recorded_spans: InMemorySpanExporter
+) -> None:
+    sharer_dir = tiny_pair_dirs.llama_sharer
+    deployed = deploy(
+        tiny_pair_dirs, sharer_dir, random_fuser(tiny_pair_dirs.receiver, sharer_dir), tmp_path
+    )
+    try:
+        deployed.sharer_server.stop(0)
+        stub = deployed.stub()
+        reply = stub.Generate(
+            c2c_pb2.GenerateRequest(prompt=PROMPTS[0], max_new_tokens=2, allow_fallback=True),
+            timeout=60,
+        )
+        (root,) = spans_of(recorded_spans, reply.trace_id)["receiver.generate"]
+        (event,) = [event for event in root.events if event.name == "fallback"]
+        assert event.attributes["c2c.fallback_reason"] == reply.fallback_reason
+        assert root.attributes["c2c.mode_used"] == "receiver_only"
+        with pytest.raises(grpc.RpcError):
+            stub.Generate(c2c_pb2.GenerateRequest(prompt=PROMPTS[0], max_new_tokens=2), timeout=60)
+        failed = [
+            span
+            for span in recorded_spans.get_finished_spans()
+            if span.name == "receiver.generate" and span.status.status_code == StatusCode.ERROR
+        ]
+        assert failed and any(event.name == "exception" for event in failed[-1].events)
+    finally:
+        deployed.receiver_server.stop(0)
