@@ -12,6 +12,7 @@ from c2c.benchmarks.codec import codec_command
 from c2c.benchmarks.fuser import fuser_command
 from c2c.benchmarks.services import services_command
 from c2c.benchmarks.tracing import tracing_command
+from c2c.demo import demo_command
 from c2c.evaluation import eval_command
 from c2c.trace_view import show_command as trace_show_command
 from c2c.zoo.build import build_command as zoo_build_command
@@ -34,6 +35,7 @@ bench_app.command("services")(services_command)
 trace_app.command("show")(trace_show_command)
 zoo_app.command("build")(zoo_build_command)
 app.command("eval")(eval_command)
+app.command("demo")(demo_command)
 
 
 @app.command()

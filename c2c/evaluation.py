@@ -25,7 +25,7 @@ import typer
 from tqdm import tqdm
 
 from c2c.errors import C2CError
-from c2c.local_pair import PairPaths, bundled_paths, local_pair
+from c2c.local_pair import PairPaths, PairStartError, bundled_questions, local_pair, pair_paths
 from c2c.zoo.corpora import LETTERS, MultipleChoiceQuestion, render_prompt
 from protos import c2c_pb2, c2c_pb2_grpc
 
@@ -430,23 +430,15 @@ def eval_command(
     try:
         paths = None
         if receiver is None or loglik:
-            default = bundled_paths() if None in (receiver_model, sharer_model, fuser) else None
-            paths = PairPaths(
-                receiver=receiver_model or default.receiver,
-                sharer=sharer_model or default.sharer,
-                fuser=fuser or default.fuser,
-            )
-        if questions is None:
-            from c2c.bundled import bundled_pair
-
-            questions = bundled_pair().eval_questions
+            paths = pair_paths(receiver_model, sharer_model, fuser)
+        questions = questions or bundled_questions()
         chosen = sample_questions(load_questions(questions), limit, seed)
         settings = EvalSettings(modes=modes, codecs=codecs, max_new_tokens=max_new_tokens)
         result = evaluate(chosen, settings, receiver, sharer, paths, loglik, progress)
     except (QuestionFileError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    except (C2CError, ValueError) as error:
+    except (C2CError, ValueError, PairStartError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     except grpc.RpcError as error:
