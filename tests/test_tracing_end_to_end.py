@@ -272,3 +272,31 @@ def test_trace_show_renders_a_real_request(c2c_request, services: Services, tmp_
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"trace {reply.trace_id}  {len(spans)} spans")
     assert "services: c2c-receiver, c2c-sharer" in result.output
+
+
+@pytest.mark.slow
+def test_bench_tracing_times_both_arms_side_by_side(
+    tiny_pair_dirs: TinyPair, tmp_path: Path
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from c2c.cli import app
+
+    fuser = save_random_fuser(tiny_pair_dirs.receiver, tiny_pair_dirs.llama_sharer, tmp_path)
+    out = tmp_path / "tracing.json"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "tracing", "--receiver-model", str(tiny_pair_dirs.receiver)]
+        + ["--sharer-model", str(tiny_pair_dirs.llama_sharer), "--fuser", str(fuser)]
+        + ["--requests", "4", "--warmup", "1", "--json", "--out", str(out)],
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    on, off = report["tracing_on"], report["tracing_off"]
+    assert len(on["latencies_ms"]) == len(off["latencies_ms"]) == 4
+    assert on["spans_exported"] >= 4 * len(RECEIVER_SPANS + SHARER_SPANS)
+    assert off["spans_exported"] == 0
+    assert report["median_ratio"] == pytest.approx(on["median_ms"] / off["median_ms"])
