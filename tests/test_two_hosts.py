@@ -2,8 +2,10 @@
 
 Two network namespaces stand for two machines: each has its own address on a veth pair, and
 `tc` shapes each direction of the link. The services run one per namespace, bound to their own
-address, and a client in the receiver's namespace sends C2C requests, so the KV cache crosses a
-network boundary exactly as between two nodes. Needs root (CAP_NET_ADMIN), as CI runs.
+address and configured as deployed (mutual TLS on the sharer's port, its health service alone
+in plaintext for probes, round_robin on the receiver's channel), and a client in the receiver's
+namespace sends C2C requests, so the KV cache crosses a network boundary exactly as between two
+nodes. Needs root (CAP_NET_ADMIN), as CI runs.
 """
 
 from __future__ import annotations
@@ -245,6 +247,7 @@ def test_grpc_health_server_on_one_host_answers_a_client_on_the_other(
 # C2C across the link: the real services, one per host, and a client beside the receiver.
 
 SHARER_PORT = 50051
+SHARER_HEALTH_PORT = 50061
 RECEIVER_PORT = 50052
 # Long enough that the sharer's KV cache takes a few hundred milliseconds on the link.
 COLORS = ["red", "blue", "green", "amber", "violet", "white"]
@@ -290,8 +293,9 @@ def generate_request(mode: str, codec: str) -> dict:
 
 @dataclass
 class Deployed:
+    hosts: TwoHosts
+    certificates: Certificates
     client: subprocess.Popen
-    rate_bits: int
     reference: dict[tuple[str, str], list[int]]
 
     def generate(self, mode: str, codec: str) -> dict:
@@ -324,6 +328,80 @@ def loopback_reference(receiver: Path, sharer: Path, fuser: Path) -> dict:
         sharer_server.stop(0)
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """PEM files for mutual TLS: the CA, the sharer's server pair, the receiver's client pair."""
+
+    ca: Path
+    sharer_cert: Path
+    sharer_key: Path
+    receiver_cert: Path
+    receiver_key: Path
+
+
+def issue_certificates(directory: Path, sharer_ip: str) -> Certificates:
+    """A throwaway CA and two certificates, made the way deploy/README.md tells operators to;
+    the sharer's names its address, which the receiver verifies."""
+
+    def openssl(*args: str) -> None:
+        done = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True)
+        assert done.returncode == 0, f"openssl {' '.join(args[:2])}: {done.stderr.strip()}"
+
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req",
+        "-x509",
+        *new_key,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=c2c-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    for name, extension in (
+        ("sharer", f"subjectAltName=IP:{sharer_ip}"),
+        ("receiver", "extendedKeyUsage=clientAuth"),
+    ):
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl(
+            "req",
+            *new_key,
+            "-subj",
+            f"/CN=c2c-{name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.crt",
+        )
+    return Certificates(
+        ca=directory / "ca.crt",
+        sharer_cert=directory / "sharer.crt",
+        sharer_key=directory / "sharer.key",
+        receiver_cert=directory / "receiver.crt",
+        receiver_key=directory / "receiver.key",
+    )
+
+
 @pytest.fixture(scope="module")
 def deployed(two_hosts: TwoHosts, tiny_pair_dirs, tmp_path_factory) -> Deployed:
     from tests.service_harness import save_random_fuser
@@ -332,23 +410,30 @@ def deployed(two_hosts: TwoHosts, tiny_pair_dirs, tmp_path_factory) -> Deployed:
     fuser_dir = save_random_fuser(
         receiver_dir, sharer_dir, tmp_path_factory.mktemp("fuser") / "fuser", gate_logit=1.0
     )
+    tls = issue_certificates(tmp_path_factory.mktemp("tls"), two_hosts.sharer_ip)
     sharer_address = f"{two_hosts.sharer_ip}:{SHARER_PORT}"
     receiver_address = f"{two_hosts.receiver_ip}:{RECEIVER_PORT}"
+    # As deployed: mutual TLS on the sharer's port, its health alone in plaintext for probes.
     sharer = two_hosts.start(
         two_hosts.sharer_ns,
         ["c2c-sharer", "--model", str(sharer_dir), "--host", two_hosts.sharer_ip]
-        + ["--port", str(SHARER_PORT), "--device", "cpu"],
+        + ["--port", str(SHARER_PORT), "--health-port", str(SHARER_HEALTH_PORT)]
+        + ["--tls-cert", str(tls.sharer_cert), "--tls-key", str(tls.sharer_key)]
+        + ["--tls-ca", str(tls.ca), "--device", "cpu"],
         "sharer",
     )
     # While the sharer host starts up, answer the same requests on loopback for comparison.
     reference = loopback_reference(receiver_dir, sharer_dir, fuser_dir)
+    sharer_health = f"{two_hosts.sharer_ip}:{SHARER_HEALTH_PORT}"
     wait_until_serving(
-        two_hosts, two_hosts.receiver_ns, sharer_address, sharer, "sharer", limit_s=120
+        two_hosts, two_hosts.receiver_ns, sharer_health, sharer, "sharer", limit_s=120
     )
     receiver = two_hosts.start(
         two_hosts.receiver_ns,
         ["c2c-receiver", "--model", str(receiver_dir), "--fuser", str(fuser_dir)]
-        + ["--sharer", sharer_address, "--host", two_hosts.receiver_ip]
+        + ["--sharer", sharer_address, "--sharer-lb-policy", "round_robin"]
+        + ["--tls-cert", str(tls.receiver_cert), "--tls-key", str(tls.receiver_key)]
+        + ["--tls-ca", str(tls.ca), "--host", two_hosts.receiver_ip]
         + ["--port", str(RECEIVER_PORT), "--device", "cpu"],
         "receiver",
     )
@@ -363,7 +448,7 @@ def deployed(two_hosts: TwoHosts, tiny_pair_dirs, tmp_path_factory) -> Deployed:
         text=True,
     )
     two_hosts.processes.insert(0, client)
-    return Deployed(client=client, rate_bits=two_hosts.rate_bits, reference=reference)
+    return Deployed(hosts=two_hosts, certificates=tls, client=client, reference=reference)
 
 
 def test_c2c_answers_across_the_link_are_those_of_the_same_pair_on_loopback(
@@ -380,7 +465,7 @@ def test_c2c_answers_across_the_link_are_those_of_the_same_pair_on_loopback(
 
 
 def test_kv_transfer_time_follows_bytes_on_wire_at_the_link_rate(deployed: Deployed) -> None:
-    rate = deployed.rate_bits
+    rate = deployed.hosts.rate_bits
     replies = {
         codec: [deployed.generate("c2c", codec) for _ in range(2)] for codec in ("fp16", "int8")
     }
@@ -413,3 +498,38 @@ def test_kv_transfer_time_follows_bytes_on_wire_at_the_link_rate(deployed: Deplo
     extra_ms = on_wire_ms["fp16"] - on_wire_ms["int8"]
     expected_ms = link_ms["fp16"] - link_ms["int8"]
     assert expected_ms * 0.7 - 150 <= extra_ms <= expected_ms * 1.3 + 150, (extra_ms, expected_ms)
+
+
+# A Describe call over TLS that trusts the CA, showing a client certificate when given one.
+DESCRIBE_OVER_TLS = """
+import sys
+import grpc
+from protos import c2c_pb2, c2c_pb2_grpc
+address, ca, *client = sys.argv[1:]
+cert, key = (open(path, "rb").read() for path in client) if client else (None, None)
+credentials = grpc.ssl_channel_credentials(open(ca, "rb").read(), key, cert)
+with grpc.secure_channel(address, credentials) as channel:
+    try:
+        c2c_pb2_grpc.SharerStub(channel).Describe(c2c_pb2.DescribeRequest(), timeout=10)
+        print("ANSWERED")
+    except grpc.RpcError as error:
+        print(error.code().name)
+"""
+
+
+def test_sharer_answers_across_the_link_only_clients_with_a_certificate(
+    deployed: Deployed,
+) -> None:
+    hosts, tls = deployed.hosts, deployed.certificates
+    address = f"{hosts.sharer_ip}:{SHARER_PORT}"
+    describe = [sys.executable, "-c", DESCRIBE_OVER_TLS, address, str(tls.ca)]
+    with_certificate = hosts.run(
+        hosts.receiver_ns, describe + [str(tls.receiver_cert), str(tls.receiver_key)]
+    )
+    assert with_certificate.stdout.strip() == "ANSWERED", with_certificate.stderr[-2000:]
+    without_certificate = hosts.run(hosts.receiver_ns, describe)
+    assert without_certificate.stdout.strip() == "UNAVAILABLE", without_certificate.stderr
+    plaintext = hosts.run(
+        hosts.receiver_ns, [sys.executable, str(HEALTH_CHECK), f"--addr={address}", "--timeout=5"]
+    )
+    assert plaintext.returncode == 1, f"the sharer's port answers plaintext: {plaintext.stdout}"
