@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tests/test_deploy_manifests.py and tests/test_two_hosts.py need (run as root):
-#   - iproute2 (ip netns, veth, tc) from Debian;
+#   - iproute2 (ip netns, veth, tc) and openssl (the two-host test's certificates) from Debian;
 #   - in their own virtual environment, checkov and hadolint (policy checks) and kubectl (renders
 #     the kustomize overlays). checkov pins versions of packaging and networkx older than the
 #     project's, so it must not share the project's environment. Debian bookworm's kubectl
@@ -11,9 +11,9 @@ set -euo pipefail
 
 TOOLS_DIR="${C2C_DEPLOY_TOOLS:-/opt/c2c-deploy-tools}"
 
-if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+if ! command -v ip >/dev/null || ! command -v tc >/dev/null || ! command -v openssl >/dev/null; then
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends iproute2
+    apt-get install -y -qq --no-install-recommends iproute2 openssl
 fi
 
 if [ ! -x "$TOOLS_DIR/bin/python" ]; then
