@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from c2c.errors import UnsupportedModel
 from protos import c2c_pb2
@@ -43,7 +49,7 @@ class LoadedModel:
     """A frozen model in eval mode, its fast tokenizer and its card."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     card: ModelDims
 
     @property

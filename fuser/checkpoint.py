@@ -87,7 +87,10 @@ def load_checkpoint(
 ) -> C2CFuser:
     """A fuser in eval mode, after checking it belongs to the given receiver and sharer."""
     document = read_checkpoint_config(checkpoint_dir)
-    config = FuserConfig.from_dict(document["config"])
+    try:
+        config = FuserConfig.from_dict(document["config"])
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{checkpoint_dir}/{CONFIG_FILE} lacks a valid config: {error}") from error
     check_pair(config, receiver, sharer)
     fuser = C2CFuser(config)
     weights_path = Path(checkpoint_dir) / WEIGHTS_FILE

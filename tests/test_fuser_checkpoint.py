@@ -83,3 +83,12 @@ def test_weights_that_do_not_match_the_config_are_refused(saved, tmp_path):
     (directory / CONFIG_FILE).write_text(json.dumps(document))
     with pytest.raises(ValueError, match=f"{WEIGHTS_FILE} does not match"):
         load_checkpoint(directory)
+
+
+def test_config_without_the_pair_is_refused_naming_the_file(saved):
+    _, directory = saved
+    document = json.loads((directory / CONFIG_FILE).read_text())
+    del document["config"]["sharer"]
+    (directory / CONFIG_FILE).write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=f"{CONFIG_FILE} lacks a valid config"):
+        load_checkpoint(directory)
