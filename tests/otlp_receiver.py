@@ -7,6 +7,7 @@ as OTLP-JSON lines the way the Collector's file exporter does.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,16 @@ class ReceivedSpan:
     def event(self, name: str) -> dict[str, Any] | None:
         """Attributes of the first event called ``name``, or None."""
         return next((attrs for event, attrs in self.events if event == name), None)
+
+
+def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    """``span``'s parent, grandparent, ... as far as ``spans`` reach, nearest first."""
+    index = {candidate.span_id: candidate for candidate in spans}
+    chain = []
+    while span.parent_id in index:
+        span = index[span.parent_id]
+        chain.append(span)
+    return chain
 
 
 def _value(value: common_pb2.AnyValue) -> Any:
@@ -201,8 +212,6 @@ class OtlpReceiver:
 
     def write_otlp_json_lines(self, path: Path) -> None:
         """What the Collector's file exporter would have written: one line per export."""
-        import json
-
         with self._lock:
             requests = list(self.trace_requests)
         with path.open("w", encoding="utf-8") as out:

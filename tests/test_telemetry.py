@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from c2c.benchmarks.tracing import otel_free_env
 from tests.otlp_receiver import (
     SPAN_KIND_CLIENT,
     SPAN_KIND_SERVER,
     OtlpReceiver,
     ReceivedSpan,
+    ancestors,
     running_otlp_receiver,
 )
-from tests.traced_rpc_pair import REPO, clean_env, run_traced_pair
+from tests.traced_rpc_pair import REPO, run_traced_pair
 
 
 @pytest.fixture
@@ -46,17 +48,8 @@ def by_name(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
     return {span.name: span for span in spans}
 
 
-def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-    index = {s.span_id: s for s in spans}
-    chain = []
-    while span.parent_id in index:
-        span = index[span.parent_id]
-        chain.append(span)
-    return chain
-
-
 def test_both_processes_export_one_trace_over_otlp_grpc(collector: OtlpReceiver) -> None:
-    env = clean_env(
+    env = otel_free_env(
         OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint
     )
     trace_id = run_traced_pair(env, env).strip()
@@ -75,7 +68,7 @@ def test_both_processes_export_one_trace_over_otlp_grpc(collector: OtlpReceiver)
 
 def test_a_callers_trace_context_is_honoured_by_the_server(collector: OtlpReceiver) -> None:
     caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
-    env = clean_env(
+    env = otel_free_env(
         OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint
     )
     run_traced_pair(env, env, traceparent=f"00-{caller_trace}-{caller_span}-01")
@@ -90,7 +83,7 @@ def test_a_callers_trace_context_is_honoured_by_the_server(collector: OtlpReceiv
 def test_resource_carries_service_version_model_host_and_otel_overrides(
     collector: OtlpReceiver,
 ) -> None:
-    env = clean_env(
+    env = otel_free_env(
         OTEL_TRACES_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
         OTEL_SERVICE_NAME="receiver-eu-1",
@@ -120,7 +113,7 @@ def test_resource_carries_service_version_model_host_and_otel_overrides(
 
 
 def test_otlp_over_http_protobuf_reaches_the_collector(collector: OtlpReceiver) -> None:
-    env = clean_env(
+    env = otel_free_env(
         OTEL_TRACES_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.http_endpoint,
@@ -142,7 +135,7 @@ def test_otlp_over_http_protobuf_reaches_the_collector(collector: OtlpReceiver) 
 
 def test_file_exporter_writes_one_otlp_json_line_per_batch(tmp_path: Path) -> None:
     out = tmp_path / "traces.jsonl"
-    env = clean_env(OTEL_TRACES_EXPORTER="otlp_json_file", C2C_OTLP_JSON_FILE=str(out))
+    env = otel_free_env(OTEL_TRACES_EXPORTER="otlp_json_file", C2C_OTLP_JSON_FILE=str(out))
     result = run_python(
         """
         from opentelemetry import trace
@@ -170,7 +163,7 @@ def test_file_exporter_writes_one_otlp_json_line_per_batch(tmp_path: Path) -> No
 
 
 def test_always_off_sampler_exports_nothing(collector: OtlpReceiver) -> None:
-    env = clean_env(
+    env = otel_free_env(
         OTEL_TRACES_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
         OTEL_TRACES_SAMPLER="always_off",
@@ -195,14 +188,14 @@ def test_always_off_sampler_exports_nothing(collector: OtlpReceiver) -> None:
 def test_unknown_exporter_name_is_one_clear_error() -> None:
     result = run_python(
         "from c2c.telemetry import setup_telemetry; setup_telemetry('c2c-receiver')",
-        clean_env(OTEL_TRACES_EXPORTER="jaeger_typo"),
+        otel_free_env(OTEL_TRACES_EXPORTER="jaeger_typo"),
     )
     assert result.returncode != 0
     assert "OTEL_TRACES_EXPORTER='jaeger_typo': unknown exporter" in result.stderr
 
 
 def test_request_metrics_reach_the_collector_over_otlp(collector: OtlpReceiver) -> None:
-    env = clean_env(
+    env = otel_free_env(
         OTEL_TRACES_EXPORTER="none",
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
@@ -242,7 +235,7 @@ def test_prometheus_endpoint_serves_request_and_fallback_counters() -> None:
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
         print(page.read().decode())
         """,
-        clean_env(),
+        otel_free_env(),
     )
     assert result.returncode == 0, result.stderr
     samples = [line for line in result.stdout.splitlines() if not line.startswith("#")]

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from c2c.benchmarks.tracing import otel_free_env
 from c2c.cli import app
 from tests.otlp_receiver import running_otlp_receiver
-from tests.traced_rpc_pair import clean_env, run_traced_pair
+from tests.traced_rpc_pair import run_traced_pair
 
 DESCRIBE = "/c2c.v1.Sharer/Describe"
 
@@ -30,7 +31,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     folder = tmp_path_factory.mktemp("traces")
     ours, collectors = folder / "ours.jsonl", folder / "collector.jsonl"
     with running_otlp_receiver() as collector:
-        env = clean_env(
+        env = otel_free_env(
             OTEL_TRACES_EXPORTER="otlp_json_file,otlp",
             C2C_OTLP_JSON_FILE=str(ours),
             OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,

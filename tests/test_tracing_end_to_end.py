@@ -30,6 +30,7 @@ from tests.otlp_receiver import (
     STATUS_ERROR,
     OtlpReceiver,
     ReceivedSpan,
+    ancestors,
     running_otlp_receiver,
 )
 from tests.service_harness import save_random_fuser
@@ -112,15 +113,6 @@ def spans_of_trace(collector: OtlpReceiver, trace_id: str, names: tuple[str, ...
 
 def duration_ms(span: ReceivedSpan) -> float:
     return (span.end_ns - span.start_ns) / 1e6
-
-
-def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-    index = {s.span_id: s for s in spans}
-    chain = []
-    while span.parent_id in index:
-        span = index[span.parent_id]
-        chain.append(span)
-    return chain
 
 
 def close(measured: float, reported: float, slack_ms: float = 2.0) -> bool:

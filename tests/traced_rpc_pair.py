@@ -10,7 +10,6 @@ process exports as its ``OTEL_*`` environment says, like the real services.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -77,14 +76,6 @@ def call(port: int, traceparent: str | None) -> None:
                 time.sleep(0.003)
         record_request("c2c", "ok", 20.0, transfer_ms=5.0, fusion_ms=1.0, bytes_on_wire=4096)
     telemetry.shutdown()
-
-
-def clean_env(**otel: str) -> dict[str, str]:
-    """This process's environment without any OTEL_* setting, plus ``otel``."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(otel)
-    return env
 
 
 def run_traced_pair(
