@@ -56,19 +56,22 @@ def _random_model(
     return model.eval().requires_grad_(False)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median wall time of fn after one warm-up call, synchronizing the device around each."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+def _interleaved_median_ms(
+    candidates: dict[str, Callable[[], object]], repeats: int, device: str
+) -> dict[str, float]:
+    """Median wall time of each candidate, timed in alternating rounds so load drifts hit all."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_index in range(repeats + 1):
+        for name, fn in candidates.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if round_index:  # round 0 warms up
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -171,18 +174,23 @@ def run_fuser_benchmark(
         ids = torch.randint(0, vocab_size, (1, length), device=device)
         receiver_cache = receiver_model.model(input_ids=ids, use_cache=True).cache
         sharer_cache = sharer_model.model(input_ids=ids, use_cache=True).cache
-        prefill_ms = _median_ms(
-            lambda ids=ids: receiver_model.model(input_ids=ids, use_cache=True), repeats, device
-        )
 
         def fuse_all(fuse_layer, receiver_cache=receiver_cache, sharer_cache=sharer_cache):
             for layer in fused_layers:
                 cached, shared = receiver_cache.layers[layer], sharer_cache.layers[layer_map[layer]]
                 fuse_layer(layer, cached.keys, cached.values, shared.keys, shared.values)
 
-        eager_ms = _median_ms(lambda f=fuse_all: f(fuser.fuse_layer), repeats, device)
-        graphs_ms = (
-            _median_ms(lambda f=fuse_all: f(runner.fuse_layer), repeats, device) if runner else None
+        candidates = {
+            "prefill": lambda ids=ids: receiver_model.model(input_ids=ids, use_cache=True),
+            "eager": lambda f=fuse_all: f(fuser.fuse_layer),
+        }
+        if runner is not None:
+            candidates["graphs"] = lambda f=fuse_all: f(runner.fuse_layer)
+        timings = _interleaved_median_ms(candidates, repeats, device)
+        prefill_ms, eager_ms, graphs_ms = (
+            timings["prefill"],
+            timings["eager"],
+            timings.get("graphs"),
         )
         best_ms = graphs_ms if graphs_ms is not None else eager_ms
         report["lengths"][str(length)] = {
