@@ -136,6 +136,12 @@ def setup_telemetry(service_name: str, *, model_name: str = "", **attrs: str) ->
             trace_exporters=trace_names,
             metric_exporters=metric_names,
         )
+        _logger.info(
+            "telemetry for %s: traces -> %s, metrics -> %s",
+            _active.service_name,
+            ", ".join(trace_names) or "none",
+            ", ".join(metric_names) or "none",
+        )
     if "prometheus" in metric_names:
         start_prometheus_endpoint(
             int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464")),
@@ -156,18 +162,17 @@ def current_trace_id() -> str:
 
 
 def _build_resource(service_name: str, model_name: str, attrs: dict[str, str]) -> Resource:
-    from_env = OTELResourceDetector().detect().attributes
-    ours: dict[str, str] = {
-        "service.name": os.environ.get("OTEL_SERVICE_NAME") or service_name,
+    """Our attributes under those of OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which
+    ``Resource.create`` reads itself and which must win."""
+    ours = {
+        "service.name": service_name,
         "service.version": __version__,
         "host.name": socket.gethostname(),
         **({MODEL_NAME_ATTRIBUTE: model_name} if model_name else {}),
         **attrs,
     }
-    kept = {key: value for key, value in ours.items() if key not in from_env}
-    if os.environ.get("OTEL_SERVICE_NAME"):
-        kept["service.name"] = os.environ["OTEL_SERVICE_NAME"]
-    return Resource.create(kept)
+    from_env = OTELResourceDetector().detect().attributes
+    return Resource.create({key: value for key, value in ours.items() if key not in from_env})
 
 
 def _exporter_names(variable: str, signal_endpoint_variable: str) -> list[str]:
