@@ -221,6 +221,7 @@ def _save_resume_point(fuser, optimizer, scheduler, step, examples_seen, config)
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     torch.save(state, staging / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)
@@ -272,6 +273,8 @@ def train(config: TrainConfig) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, examples_seen = state["step"], state["examples_seen"]
 
     per_step = config.batch_size * config.grad_accum
