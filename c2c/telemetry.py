@@ -22,7 +22,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import IO
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -265,23 +264,39 @@ def _hex_ids(node):
 
 
 class _JsonLinesWriter:
-    """Appends one JSON document per line to a file (opened once) or stdout, thread-safely."""
+    """Appends one JSON document per line to a file, or to stdout when no path is given.
+
+    A file line goes out in one ``write`` on an ``O_APPEND`` descriptor, so both services can
+    append to the same file without their (often long) lines interleaving.
+    """
 
     def __init__(self, path: str | None) -> None:
-        self._stream: IO[str] = open(path, "a", encoding="utf-8") if path else sys.stdout
-        self._owns_stream = bool(path)
+        self._to_stdout = not path
+        self._fd = (
+            None
+            if self._to_stdout
+            else os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        )
         self._lock = threading.Lock()
 
     def write(self, document: dict) -> None:
         line = json.dumps(document, separators=(",", ":")) + "\n"
         with self._lock:
-            self._stream.write(line)
-            self._stream.flush()
+            if self._to_stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                return
+            if self._fd is None:
+                raise ValueError("the exporter is shut down")
+            data = line.encode("utf-8")
+            while data:
+                data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
         with self._lock:
-            if self._owns_stream and not self._stream.closed:
-                self._stream.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class OtlpJsonFileSpanExporter(SpanExporter):

@@ -248,3 +248,32 @@ def test_prometheus_endpoint_serves_request_and_fallback_counters() -> None:
     assert sample("c2c_requests_total", 'c2c_mode="receiver_only"') == 1.0
     assert sample("c2c_fallbacks_total", 'c2c_fallback_reason="sharer_unavailable"') == 1.0
     assert sample("c2c_request_duration_milliseconds_count", 'c2c_mode="c2c"') == 1.0
+
+
+def test_two_processes_appending_to_one_file_never_interleave_lines(tmp_path: Path) -> None:
+    out = tmp_path / "shared.jsonl"
+    env = otel_free_env(OTEL_TRACES_EXPORTER="otlp_json_file", C2C_OTLP_JSON_FILE=str(out))
+    writer = """
+        from opentelemetry import trace
+        from c2c.telemetry import setup_telemetry
+        telemetry = setup_telemetry("writer")
+        tracer = trace.get_tracer("t")
+        for batch in range(20):
+            for index in range(300):
+                tracer.start_span("s", attributes={"c2c.padding": "x" * 64}).end()
+            telemetry.flush()
+        telemetry.shutdown()
+        """
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(writer)], env=env, cwd=REPO, text=True
+        )
+        for _ in range(2)
+    ]
+    assert [child.wait(timeout=120) for child in children] == [0, 0]
+
+    spans = 0
+    for line in out.read_text().splitlines():
+        for resource_spans in json.loads(line)["resourceSpans"]:
+            spans += sum(len(scope["spans"]) for scope in resource_spans["scopeSpans"])
+    assert spans == 2 * 20 * 300
