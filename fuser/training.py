@@ -234,22 +234,8 @@ def _device(name: str) -> str:
     return name
 
 
-def train(config: TrainConfig) -> dict:
-    """Run training as configured and return the metrics also written to out/metrics.json."""
-    if config.schedule not in ("cosine", "linear"):
-        raise ValueError(f"unknown schedule {config.schedule!r}; expected cosine or linear")
-    if config.alignment is not None and config.alignment not in STRATEGIES:
-        raise ValueError(f"unknown alignment {config.alignment!r}; expected one of {STRATEGIES}")
-    if config.max_steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
-        raise ValueError("max_steps, batch_size and grad_accum must be at least 1")
-    device = _device(config.device)
-    torch.manual_seed(config.seed)
-    records = read_records(config.data)
-    receiver = load_causal_lm(config.receiver, config.dtype, device)
-    sharer = load_causal_lm(config.sharer, config.dtype, device)
-    train_set, eval_set = _split(tokenize_records(records, receiver, config), config)
-    config.out.mkdir(parents=True, exist_ok=True)
-
+def _start_or_resume(config: TrainConfig, receiver: LoadedModel, sharer: LoadedModel, device: str):
+    """A fresh fuser and optimizer, or both restored from OUT/resume with the step reached."""
     resume_dir = config.out / RESUME_DIR
     if config.resume:
         if not (resume_dir / STATE_FILE).is_file():
@@ -267,16 +253,36 @@ def train(config: TrainConfig) -> dict:
         fuser.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    step = examples_seen = 0
-    if config.resume:
-        state = torch.load(resume_dir / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        step, examples_seen = state["step"], state["examples_seen"]
+    if not config.resume:
+        return fuser, optimizer, scheduler, 0, 0
+    state = torch.load(resume_dir / STATE_FILE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return fuser, optimizer, scheduler, state["step"], state["examples_seen"]
 
+
+def train(config: TrainConfig) -> dict:
+    """Run training as configured and return the metrics also written to out/metrics.json."""
+    if config.schedule not in ("cosine", "linear"):
+        raise ValueError(f"unknown schedule {config.schedule!r}; expected cosine or linear")
+    if config.alignment is not None and config.alignment not in STRATEGIES:
+        raise ValueError(f"unknown alignment {config.alignment!r}; expected one of {STRATEGIES}")
+    if config.max_steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
+        raise ValueError("max_steps, batch_size and grad_accum must be at least 1")
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    records = read_records(config.data)
+    receiver = load_causal_lm(config.receiver, config.dtype, device)
+    sharer = load_causal_lm(config.sharer, config.dtype, device)
+    train_set, eval_set = _split(tokenize_records(records, receiver, config), config)
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    fuser, optimizer, scheduler, step, examples_seen = _start_or_resume(
+        config, receiver, sharer, device
+    )
     per_step = config.batch_size * config.grad_accum
     stream = _example_stream(train_set, config.seed, examples_seen)
     anneal_steps = config.gate_anneal_steps or config.max_steps
