@@ -123,7 +123,7 @@ def demo_command(
     settings = EvalSettings(modes=MODES, codecs=("fp16",))
     out.mkdir(parents=True, exist_ok=True)
     try:
-        typer.echo("starting c2c-sharer and c2c-receiver (bundled pair) on 127.0.0.1 ...")
+        typer.echo("starting c2c-sharer and c2c-receiver on 127.0.0.1 ...")
         with local_pair(paths, trace_dir=out.resolve()) as addresses:
             typer.echo(
                 f"sharer {addresses.sharer}, receiver {addresses.receiver} "

@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -358,9 +358,11 @@ def evaluate(
     paths: PairPaths | None = None,
     loglik: bool = False,
     progress: bool = True,
+    answers_sink: list[Answer] | None = None,
 ) -> dict:
     """Ask ``questions`` through the services at ``receiver`` (or a local pair started from
-    ``paths``) and return the report; ``loglik`` adds letter-likelihood scores (local models)."""
+    ``paths``) and return the report; ``loglik`` adds letter-likelihood scores (local models).
+    Every answer is also appended to ``answers_sink`` when one is given."""
     started = local_pair(paths) if receiver is None else nullcontext(None)
     with started as addresses:
         if addresses is not None:
@@ -370,6 +372,8 @@ def evaluate(
             answers = ask_all(clients, questions, settings, progress)
         finally:
             clients.close()
+    if answers_sink is not None:
+        answers_sink.extend(answers)
     result = report(answers, questions, settings)
     if loglik and paths is not None:
         from c2c.option_likelihood import likelihood_scores
@@ -416,6 +420,10 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the --limit sample.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+    answers_out: Annotated[
+        Path | None,
+        typer.Option("--answers", help="Write every answer (mode, codec, text, choice) as JSONL."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Accuracy (95% CI) and latency of receiver_only, sharer_only, text and c2c, side by side."""
@@ -434,7 +442,8 @@ def eval_command(
         questions = questions or bundled_questions()
         chosen = sample_questions(load_questions(questions), limit, seed)
         settings = EvalSettings(modes=modes, codecs=codecs, max_new_tokens=max_new_tokens)
-        result = evaluate(chosen, settings, receiver, sharer, paths, loglik, progress)
+        answers: list[Answer] = []
+        result = evaluate(chosen, settings, receiver, sharer, paths, loglik, progress, answers)
     except (QuestionFileError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -447,4 +456,9 @@ def eval_command(
     result["questions_file"] = str(questions)
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n")
+    if answers_out is not None:
+        with answers_out.open("w") as f:
+            for answer in answers:
+                record = {**asdict(answer), "question_text": chosen[answer.question].question}
+                f.write(json.dumps(record) + "\n")
     typer.echo(json.dumps(result, indent=2) if json_output else format_table(result))
