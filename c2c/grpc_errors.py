@@ -20,17 +20,21 @@ _logger = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal server error (logged on the server)"
 
 
-def _abort_for(error: Exception, context: grpc.ServicerContext, method: str) -> None:
-    """Abort the RPC with the status ``error`` deserves; always raises."""
+# What a unary handler "returns" after its status was set; serialized as nothing.
+_NO_REPLY = object()
+
+
+def _fail_with(error: Exception, context: grpc.ServicerContext, method: str) -> None:
+    """Set the status ``error`` deserves on the RPC (without raising: an abort would raise a bare
+    Exception that tracing records, with a formatted traceback, on every bad request)."""
     if isinstance(error, C2CError):
         _logger.info("%s -> %s: %s", method, error.status.name, error)
-        context.abort(error.status, str(error) or type(error).__name__)
-    if context.code() is not None:
-        # The handler already aborted with a status of its own (context.abort raises a bare
-        # Exception); keep that status.
-        raise error
+        context.set_code(error.status)
+        context.set_details(str(error) or type(error).__name__)
+        return
     _logger.exception("%s failed with an unexpected error", method)
-    context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    context.set_code(grpc.StatusCode.INTERNAL)
+    context.set_details(INTERNAL_MESSAGE)
 
 
 def _wrap_unary(behavior: Callable, method: str) -> Callable:
@@ -38,7 +42,10 @@ def _wrap_unary(behavior: Callable, method: str) -> Callable:
         try:
             return behavior(request_or_iterator, context)
         except Exception as error:  # noqa: BLE001 - this is the one place that maps them all
-            _abort_for(error, context, method)
+            if context.code() is not None:
+                raise  # the handler aborted with a status of its own
+            _fail_with(error, context, method)
+            return _NO_REPLY
 
     return handle
 
@@ -48,9 +55,20 @@ def _wrap_stream(behavior: Callable, method: str) -> Callable:
         try:
             yield from behavior(request_or_iterator, context)
         except Exception as error:  # noqa: BLE001 - this is the one place that maps them all
-            _abort_for(error, context, method)
+            if context.code() is not None:
+                raise  # the handler aborted with a status of its own
+            _fail_with(error, context, method)
 
     return handle
+
+
+def _serializer(serialize: Callable | None) -> Callable:
+    def serialize_reply(reply: Any) -> bytes:
+        if reply is _NO_REPLY:
+            return b""
+        return serialize(reply) if serialize is not None else reply
+
+    return serialize_reply
 
 
 class ErrorStatusInterceptor(grpc.ServerInterceptor):
@@ -67,7 +85,7 @@ class ErrorStatusInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         codec = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": _serializer(handler.response_serializer),
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

@@ -79,6 +79,12 @@ def receiver(
         int,
         typer.Option(envvar="C2C_TEXT_HINT_TOKENS", help="Tokens the sharer writes in text mode."),
     ] = 64,
+    max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="C2C_MAX_MESSAGE_BYTES", help="Largest KV message asked of the sharer."
+        ),
+    ] = 1 << 20,
     workers: Annotated[int, typer.Option(envvar="C2C_WORKERS", help="Concurrent RPCs.")] = 16,
     metrics_port: Annotated[
         int,
@@ -132,6 +138,7 @@ def receiver(
             default_codec=default_codec.wire,
             sharer_timeout=sharer_timeout,
             text_hint_tokens=text_hint_tokens,
+            max_message_bytes=max_message_bytes,
             workers=workers,
             metrics_port=metrics_port,
             tls_cert=tls_cert,

@@ -76,6 +76,7 @@ class ReceiverSettings:
     sharer_timeout_s: float = 30.0
     describe_timeout_s: float = 5.0
     text_hint_tokens: int = 64
+    max_message_bytes: int = 1 << 20
 
 
 @dataclass
@@ -250,11 +251,10 @@ class ReceiverPipeline:
         outcome.mode_used = mode
         ids = None
         try:
-            asked = (
-                self._with_sharer_hint(request, outcome, time_remaining)
-                if mode == "text"
-                else request
-            )
+            asked = request
+            if mode == "text":
+                self._tokenize(request)  # refuse a bad prompt before the sharer writes notes
+                asked = self._with_sharer_hint(request, outcome, time_remaining)
             ids, spans, text = self._tokenize(asked, with_notes=mode == "text")
             outcome.prompt_tokens = len(ids)
             if mode == "c2c" and len(ids) < 2:
@@ -370,6 +370,7 @@ class ReceiverPipeline:
             alignment=c2c_pb2.Alignment.Value(f"ALIGNMENT_{alignment.upper()}"),
             layers=sharer_layers,
             codec=request.codec,
+            max_message_bytes=self.settings.max_message_bytes,
         )
         sharer_dims = fuser.config.sharer
         expected = ExpectedShape(

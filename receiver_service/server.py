@@ -61,6 +61,7 @@ def serve(
     default_codec: int = c2c_pb2.CODEC_FP16,
     sharer_timeout: float = 30.0,
     text_hint_tokens: int = 64,
+    max_message_bytes: int = 1 << 20,
     workers: int = 16,
     metrics_port: int = 0,
     tls_cert: Path | None = None,
@@ -89,6 +90,7 @@ def serve(
         ),
         sharer_timeout_s=sharer_timeout,
         text_hint_tokens=text_hint_tokens,
+        max_message_bytes=max_message_bytes,
     )
     sharer_client = SharerClient(
         sharer,

@@ -230,7 +230,8 @@ class SharerClient:
         timeout_s: float,
         expected: ExpectedShape,
     ) -> KVTransfer:
-        """Start a Prefill stream; its ``network.transfer`` span ends with the stream."""
+        """Start a Prefill stream (``request.max_message_bytes`` must be set: the decoder holds
+        the sharer to it); its ``network.transfer`` span ends with the stream."""
         started = time.perf_counter()
         span = tracer.start_span("network.transfer")
         channel = self._new_channel()
@@ -238,7 +239,7 @@ class SharerClient:
         call = stub.Prefill(request, timeout=timeout_s)
         decoder = KVStreamDecoder(
             list(request.layers),
-            max_message_bytes=request.max_message_bytes or (1 << 20),
+            max_message_bytes=request.max_message_bytes,
             expected=expected,
         )
         return KVTransfer(channel, call, decoder, self.target, span, started)

@@ -33,7 +33,10 @@ PROMPT = "The red cat sleeps. Say the animal and its color:"
 
 
 class ProxySharer(c2c_pb2_grpc.SharerServicer):
-    """A sharer in front of a real one that can be slow or flip a byte of the KV stream."""
+    """A sharer in front of a real one that can be slow or flip a byte of the KV stream.
+
+    Upstream failures are passed on as the upstream status, as a real sharer would answer.
+    """
 
     def __init__(self, target_port: int, delay_s: float = 0.0, flip_byte: bool = False) -> None:
         self.real = sharer_stub(target_port)
@@ -41,22 +44,33 @@ class ProxySharer(c2c_pb2_grpc.SharerServicer):
         self.flip_byte = flip_byte
 
     def Describe(self, request, context):
-        return self.real.Describe(request)
+        try:
+            return self.real.Describe(request)
+        except grpc.RpcError as error:
+            context.abort(error.code(), error.details())
 
     def GenerateText(self, request, context):
         time.sleep(self.delay_s)
-        return self.real.GenerateText(request)
+        try:
+            return self.real.GenerateText(request)
+        except grpc.RpcError as error:
+            context.abort(error.code(), error.details())
 
     def Prefill(self, request, context):
         time.sleep(self.delay_s)
+        if not context.is_active():
+            return
         flipped = False
-        for message in self.real.Prefill(request):
-            if self.flip_byte and not flipped and message.HasField("piece"):
-                data = bytearray(message.piece.data)
-                data[len(data) // 2] ^= 0x01
-                message.piece.data = bytes(data)
-                flipped = True
-            yield message
+        try:
+            for message in self.real.Prefill(request):
+                if self.flip_byte and not flipped and message.HasField("piece"):
+                    data = bytearray(message.piece.data)
+                    data[len(data) // 2] ^= 0x01
+                    message.piece.data = bytes(data)
+                    flipped = True
+                yield message
+        except grpc.RpcError as error:
+            context.abort(error.code(), error.details())
 
 
 def start_proxy(proxy: ProxySharer) -> tuple[grpc.Server, int]:
@@ -335,6 +349,20 @@ def test_sharer_of_another_model_leaves_c2c_unready(
     finally:
         receiver.stop(0)
         other.stop(0)
+
+
+def test_receiver_sets_the_kv_message_size_whatever_the_sharer_default(
+    tiny_pair_dirs: TinyPair, fuser_dir: Path, receiver
+) -> None:
+    sharer = start_sharer(tiny_pair_dirs.llama_sharer, max_message_bytes=4 << 20)
+    small = start_receiver(tiny_pair_dirs.receiver, fuser_dir, sharer.port, max_message_bytes=300)
+    try:
+        reply = generate(small.port, prompt=PROMPT)
+        assert reply.mode_used == c2c_pb2.MODE_C2C and not reply.fallback_reason
+        assert list(reply.token_ids) == list(generate(receiver.port, prompt=PROMPT).token_ids)
+    finally:
+        small.stop(0)
+        sharer.stop(0)
 
 
 # -- disconnects ----------------------------------------------------------------------------------
