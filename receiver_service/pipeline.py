@@ -119,6 +119,14 @@ class C2CReadiness:
     error: C2CError | None = None
 
 
+def _fallback_label(error: C2CError) -> str:
+    """The short metric label of a fallback's cause."""
+    for kind, label in _FALLBACK_LABELS.items():
+        if isinstance(error, kind):
+            return label
+    return "one_token_prompt"
+
+
 class _Fallback(Exception):
     """Internal: the sharer failed and the request allows answering receiver_only."""
 
@@ -272,7 +280,7 @@ class ReceiverPipeline:
             outcome.fused_layers, outcome.sharer_layers = [], []
             outcome.codec_used = 0
             span.add_event("fallback", {"c2c.fallback_reason": reason})
-            record_fallback(_FALLBACK_LABELS.get(type(fallback.error), "prompt"))
+            record_fallback(_fallback_label(fallback.error))
             if ids is None:
                 ids, spans, text = self._tokenize(request)
                 outcome.prompt_tokens = len(ids)
