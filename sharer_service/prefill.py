@@ -1,9 +1,10 @@
 """The sharer's work: prefill a prompt, align it to the receiver's tokens, stream the KV cache.
 
 Three things run at once for one request, so that the network never waits for a whole cache:
-the forward pass (a thread; each decoder layer signals when its KV is in the cache), the encoder
-(a thread; quantizes, compresses and checksums the requested layers in the requested order as they
-become ready) and the caller's iteration, which sends one message while the next is encoded.
+the forward pass (a thread; each decoder layer signals when its KV is in the cache, and the pass
+stops after the deepest requested layer), the encoder (a thread; quantizes, compresses and
+checksums the requested layers in the requested order as they become ready) and the caller's
+iteration, which sends one message while the next is encoded.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class TextPlan:
     stop_strings: tuple[str, ...]
 
 
+class _LayersComplete(Exception):
+    """Ends a forward pass early: every requested layer's KV is in the cache."""
+
+
 class _Canceller:
     """A cancellation flag that threads poll and blocking waits respect."""
 
@@ -111,6 +116,7 @@ class _LayerStream:
         self._positions = positions
         self._encoder = encoder
         self._layers = layers
+        self._last_layer = max(layers)
         self._canceller = canceller
         self._cache = runner.new_cache()
         self._ready = [threading.Event() for _ in range(runner.model.config.num_hidden_layers)]
@@ -129,13 +135,22 @@ class _LayerStream:
     def _on_layer(self, index: int) -> None:
         self._ready[index].set()
         self._canceller.check()
+        if index == self._last_layer:
+            raise _LayersComplete
 
     def _forward(self) -> None:
         start = time.perf_counter()
         with tracer.start_as_current_span("sharer.forward") as span:
-            span.set_attribute("c2c.sharer_tokens", int(self._input_ids.shape[1]))
+            span.set_attributes(
+                {
+                    "c2c.sharer_tokens": int(self._input_ids.shape[1]),
+                    "c2c.layers_run": self._last_layer + 1,
+                }
+            )
             try:
                 self._runner.fill_cache(self._input_ids, self._cache, self._on_layer)
+            except _LayersComplete:
+                pass  # the deeper layers are not needed: skip their compute
             except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
                 self._fail(error)
             finally:

@@ -77,6 +77,23 @@ def test_prefill_streams_the_requested_layers_in_order_aligned_to_the_receiver(
     assert trailer.sharer_tokens > 0 and trailer.encoded_bytes == decoder.encoded_bytes
 
 
+def test_shallow_layers_only_are_the_same_kv_without_running_the_deeper_layers(
+    sharer, receiver_spans, tiny_pair_dirs: TinyPair
+) -> None:
+    request = prefill_request(receiver_spans, layers=[1, 0], codec=c2c_pb2.CODEC_FP16)
+    decoder = KVStreamDecoder([1, 0])
+    stream = sharer_stub(sharer.port).Prefill(request, timeout=30)
+    layers = [layer for message in stream if (layer := decoder.feed(message)) is not None]
+    decoder.finish()
+    reference = sharer_aligned_kv(
+        load_causal_lm(tiny_pair_dirs.qwen2_sharer), "offsets", TEXT, receiver_spans, [1, 0]
+    )
+    assert [layer.layer for layer in layers] == [1, 0]
+    for layer in layers:
+        key, value = reference[layer.layer]
+        assert torch.equal(layer.key, key.half()) and torch.equal(layer.value, value.half())
+
+
 def test_identity_alignment_prefills_the_given_token_ids(sharer) -> None:
     request = c2c_pb2.PrefillRequest(token_ids=[5, 9, 17, 33], layers=[0], codec=c2c_pb2.CODEC_INT8)
     messages = list(sharer_stub(sharer.port).Prefill(request, timeout=30))
