@@ -370,6 +370,13 @@ class ReceiverPipeline:
         for receiver_layer in fuser.fused_receiver_layers():
             targets.setdefault(layer_map[receiver_layer], []).append(receiver_layer)
         alignment = request.alignment or fuser.config.alignment
+        pair = fuser.config
+        if alignment == "identity" and (
+            pair.receiver.tokenizer_fingerprint != pair.sharer.tokenizer_fingerprint
+        ):
+            raise BadRequest(
+                "alignment: identity needs one tokenizer on both sides; this pair has two"
+            )
         fused_spans = spans[:-1]
         prefill_request = c2c_pb2.PrefillRequest(
             text=text,

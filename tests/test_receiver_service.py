@@ -138,6 +138,10 @@ BAD_REQUESTS = {
     "top_p above 1": (dict(prompt=PROMPT, top_p=1.5), "top_p"),
     "negative top_p": (dict(prompt=PROMPT, top_p=-0.1), "top_p"),
     "empty stop string": (dict(prompt=PROMPT, stop=["ok", ""]), "stop[1]"),
+    "identity alignment across tokenizers": (
+        dict(prompt=PROMPT, alignment=c2c_pb2.ALIGNMENT_IDENTITY),
+        "alignment",
+    ),
 }
 
 
