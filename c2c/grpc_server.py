@@ -24,7 +24,6 @@ from c2c.telemetry import active_telemetry, grpc_server_interceptor
 _logger = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
