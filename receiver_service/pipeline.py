@@ -432,10 +432,11 @@ class ReceiverPipeline:
             for receiver_layer, (keys, values) in originals.items():
                 cache.layers[receiver_layer].keys = keys
                 cache.layers[receiver_layer].values = values
+            transfer.cancel()  # waits for the reader, so the stats below are final
             self._record_transfer(transfer, outcome)
             self._sharer_failed(error, request)
         finally:
-            transfer.cancel()  # no-op after the trailer; frees the sharer on any early exit
+            transfer.cancel()  # after the trailer: waits for the reader's last stats
         self._record_transfer(transfer, outcome)
         outcome.codec_used = request.codec
         outcome.fused_layers = sorted(originals)
