@@ -140,6 +140,7 @@ def test_a_c2c_request_is_one_trace_over_both_services(c2c_request) -> None:
     server = next(span for span in chain if span.kind == SPAN_KIND_SERVER)
     assert (client.name, client.service) == ("/c2c.v1.Sharer/Prefill", "c2c-receiver")
     assert (server.name, server.service) == ("/c2c.v1.Sharer/Prefill", "c2c-sharer")
+    assert client.parent_id == named["network.transfer"].span_id
     assert named["receiver.generate"] in chain
     assert named["sharer.forward"].parent_id == named["sharer.prefill"].span_id
     assert named["kv.encode"].parent_id == named["sharer.prefill"].span_id
@@ -172,6 +173,7 @@ def test_transfer_spans_agree_with_bytes_on_wire_and_layers(c2c_request) -> None
     assert close(duration_ms(named["network.transfer"]), reply.timings.transfer)
     assert named["kv.decode"].attributes["c2c.layers"] == len(reply.sharer_layers)
     encode = named["kv.encode"]
+    assert named["kv.decode"].attributes["c2c.raw_bytes"] == encode.attributes["c2c.raw_bytes"]
     assert encode.attributes["c2c.encoded_bytes"] == reply.bytes_on_wire
     assert [attrs["c2c.layer"] for name, attrs in encode.events if name == "layer"] == list(
         reply.sharer_layers
