@@ -79,6 +79,8 @@ def start_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A second server on a taken port must fail, not silently share its traffic.
+            ("grpc.so_reuseport", 0),
         ],
     )
     names = tuple(add(server) for add in add_services)
@@ -90,20 +92,14 @@ def start_grpc_server(
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{host}:{port}"
-    if credentials is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, credentials)
-    if bound == 0:
-        raise OSError(f"cannot bind {address}")
+    bound = _bind(server, f"{host}:{port}", credentials)
     health_server, bound_health_port = None, 0
     if health_port is not None:
-        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        bound_health_port = health_server.add_insecure_port(f"{host}:{health_port}")
-        if bound_health_port == 0:
-            raise OSError(f"cannot bind the health port {host}:{health_port}")
+        bound_health_port = _bind(health_server, f"{host}:{health_port}", None)
         health_server.start()
     server.start()
     return RunningServer(
@@ -114,3 +110,17 @@ def start_grpc_server(
         health_server=health_server,
         health_port=bound_health_port,
     )
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The bound port, or OSError naming the address (gRPC raises RuntimeError or returns 0)."""
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot bind {address} (in use, or not an address of this host)")
+    return bound

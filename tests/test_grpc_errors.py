@@ -1,4 +1,5 @@
-"""One interceptor maps exceptions to statuses: domain errors to theirs, bugs to a bare INTERNAL."""
+"""Errors at the gRPC boundary: exceptions map to statuses (domain errors to theirs, bugs to a
+bare INTERNAL), and a port already taken is refused at start-up."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from c2c.errors import BadStream, PeerDeadlineExceeded
 from c2c.grpc_errors import INTERNAL_MESSAGE, ErrorStatusInterceptor
+from c2c.grpc_server import start_grpc_server
 from protos import c2c_pb2, c2c_pb2_grpc
 
 
@@ -66,3 +68,12 @@ def test_stream_errors_after_messages_keep_the_messages_and_the_status(stub) -> 
     assert error.details() == "sharer too slow" and len(received) == 1
     error = status_of(lambda: list(stub.Prefill(c2c_pb2.PrefillRequest(), timeout=10)))
     assert error.code() == grpc.StatusCode.INTERNAL and "secret" not in error.details()
+
+
+def test_a_taken_port_is_refused_naming_the_address() -> None:
+    first = start_grpc_server([], host="127.0.0.1", port=0, max_workers=1)
+    try:
+        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{first.port}"):
+            start_grpc_server([], host="127.0.0.1", port=first.port, max_workers=1)
+    finally:
+        first.stop(0)
