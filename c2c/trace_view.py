@@ -281,17 +281,22 @@ def draw_gantt(trace: Trace, out: Path) -> None:
             linewidth=1.5 if row.critical else 0,
             hatch="//" if row.span.status_code == STATUS_ERROR else None,
         )
+    labels = [
+        ("* " if row.critical else "  ") + "  " * row.depth + row.span.name for row in trace.rows
+    ]
+    width = max(len(label) for label in labels)
     axes.set_yticks(range(len(trace.rows)))
+    # Padded to one width: tick labels are right-aligned, which would hide the indentation.
     axes.set_yticklabels(
-        [("* " if row.critical else "  ") + "  " * row.depth + row.span.name for row in trace.rows],
-        fontfamily="monospace",
-        fontsize=8,
+        [label.ljust(width) for label in labels], fontfamily="monospace", fontsize=8
     )
     axes.invert_yaxis()
     axes.set_xlabel("ms since trace start")
     axes.set_title(f"trace {trace.trace_id} ({trace.duration_ms:.1f} ms); outlined = critical path")
     handles = [pyplot.Rectangle((0, 0), 1, 1, color=colours[s]) for s in services]
-    axes.legend(handles, services, loc="lower right", fontsize=8)
+    axes.legend(
+        handles, services, loc="upper right", bbox_to_anchor=(1.0, -0.08), ncol=len(services)
+    )
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     pyplot.close(figure)
