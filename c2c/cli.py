@@ -1,49 +1,111 @@
 """The `c2c` command: every user-facing subcommand, declared in one place.
 
 Each subcommand's options live on the function that implements it (in its own module); this file
-only assembles them, so `c2c --help` is the map of the project.
+only names them, so `c2c --help` is the map of the project. Modules are imported only when their
+command runs: most of them pull in torch and transformers, which would make every `--help` slow.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+from collections.abc import Mapping
+from typing import Union
+
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from c2c.benchmarks.codec import codec_command
-from c2c.benchmarks.fuser import fuser_command
-from c2c.benchmarks.services import services_command
-from c2c.benchmarks.tracing import tracing_command
-from c2c.demo import demo_command
-from c2c.evaluation import eval_command
-from c2c.trace_view import show_command as trace_show_command
-from c2c.zoo.build import build_command as zoo_build_command
-from fuser.training import train_command
-from receiver_service.client import generate_command
+Target = tuple[str, str]  # (module, function)
+CommandTree = Mapping[str, Union[Target, "tuple[str, CommandTree]"]]
 
-app = typer.Typer(help="Cache-to-Cache over gRPC.", no_args_is_help=True, add_completion=False)
-bench_app = typer.Typer(help="Benchmarks that print JSON.", no_args_is_help=True)
-trace_app = typer.Typer(help="Inspect recorded traces.", no_args_is_help=True)
-zoo_app = typer.Typer(help="Build the bundled model pair.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
-app.add_typer(trace_app, name="trace")
-app.add_typer(zoo_app, name="zoo")
-app.command("generate")(generate_command)
-app.command("train")(train_command)
-bench_app.command("codec")(codec_command)
-bench_app.command("tracing")(tracing_command)
-bench_app.command("fuser")(fuser_command)
-bench_app.command("services")(services_command)
-trace_app.command("show")(trace_show_command)
-zoo_app.command("build")(zoo_build_command)
-app.command("eval")(eval_command)
-app.command("demo")(demo_command)
+COMMANDS: CommandTree = {
+    "generate": ("receiver_service.client", "generate_command"),
+    "train": ("fuser.training", "train_command"),
+    "eval": ("c2c.evaluation", "eval_command"),
+    "demo": ("c2c.demo", "demo_command"),
+    "version": ("c2c.cli", "version_command"),
+    "bench": (
+        "Benchmarks that print JSON.",
+        {
+            "codec": ("c2c.benchmarks.codec", "codec_command"),
+            "fuser": ("c2c.benchmarks.fuser", "fuser_command"),
+            "services": ("c2c.benchmarks.services", "services_command"),
+            "tracing": ("c2c.benchmarks.tracing", "tracing_command"),
+        },
+    ),
+    "trace": ("Inspect recorded traces.", {"show": ("c2c.trace_view", "show_command")}),
+    "zoo": ("Build the bundled model pair.", {"build": ("c2c.zoo.build", "build_command")}),
+}
 
 
-@app.command()
-def version() -> None:
+def version_command() -> None:
     """Print the installed version."""
     from c2c import __version__
 
     typer.echo(__version__)
+
+
+def _docstring_summary(module: str, function: str) -> str:
+    """First docstring line of `module.function`, read from source without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return ""
+    with open(spec.origin, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return (ast.get_docstring(node) or "").split("\n", 1)[0]
+    return ""
+
+
+class LazyCommand(TyperCommand):
+    """Stands in for a subcommand in listings; imports its module only when it runs."""
+
+    def __init__(self, name: str, target: Target) -> None:
+        super().__init__(name=name, help=_docstring_summary(*target))
+        self.target = target
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: typer.Context | None = None,
+        **extra: object,
+    ) -> typer.Context:
+        module, function = self.target
+        single = typer.Typer(add_completion=False)
+        single.command(self.name)(getattr(importlib.import_module(module), function))
+        real = typer.main.get_command(single)
+        return real.make_context(info_name, args, parent=parent, **extra)
+
+
+class LazyGroup(TyperGroup):
+    """A command group whose subcommands are named in a tree instead of imported."""
+
+    tree: CommandTree = COMMANDS
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return sorted(self.tree)
+
+    def get_command(self, ctx: typer.Context, name: str) -> TyperCommand | TyperGroup | None:
+        entry = self.tree.get(name)
+        if entry is None:
+            return None
+        first, second = entry
+        if isinstance(second, Mapping):
+            group = LazyGroup(name=name, help=first, no_args_is_help=True)
+            group.tree = second
+            return group
+        return LazyCommand(name, entry)
+
+
+app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def root() -> None:
+    """Cache-to-Cache over gRPC."""
 
 
 def main() -> None:
