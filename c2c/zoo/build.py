@@ -56,7 +56,7 @@ class BuildConfig:
         "llama", num_layers=6, hidden_size=160, num_heads=4, num_kv_heads=4, head_dim=40,
         intermediate_size=384, max_position_embeddings=512,
     )  # fmt: skip
-    receiver_pretraining: PretrainingConfig = PretrainingConfig(steps=1000, batch_size=32)
+    receiver_pretraining: PretrainingConfig = PretrainingConfig(steps=2000, batch_size=32)
     sharer_pretraining: PretrainingConfig = PretrainingConfig(steps=1100, batch_size=32, lr=4e-3)
     fuser: FuserTrainingConfig = field(default_factory=FuserTrainingConfig)
 

@@ -109,8 +109,8 @@ class SplitSizes:
     fuser_people: int = 250
     eval_people: int = 250
     sharer_bios_per_person: int = 40
-    receiver_bios_per_person: int = 8
-    receiver_drills_per_fact: int = 6
+    receiver_bios_per_person: int = 16
+    receiver_drills_per_fact: int = 8
     context_drills_per_fact: int = 2
     fuser_examples_per_fact: int = 2
 
@@ -219,35 +219,44 @@ def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
     receiver, context, fuser, evaluation = (
         world.people[start:end] for start, end in zip(bounds, bounds[1:], strict=False)
     )
-    rng = random.Random(seed + 1)
-
+    # One random stream per corpus, so resizing one corpus leaves the others exactly as they were.
+    sharer_rng, receiver_rng, fuser_rng, eval_rng = (
+        random.Random(seed * 1000 + stream) for stream in (1, 2, 3, 4)
+    )
     sharer_texts = [
-        bio(person, rng)
+        bio(person, sharer_rng)
         for person in (*fuser, *evaluation)
         for _ in range(sizes.sharer_bios_per_person)
     ]
     receiver_texts = [
-        bio(person, rng) for person in receiver for _ in range(sizes.receiver_bios_per_person)
+        bio(person, receiver_rng)
+        for person in receiver
+        for _ in range(sizes.receiver_bios_per_person)
     ]
     for person in receiver:
-        receiver_texts.extend(_receiver_drills(person, sizes.receiver_drills_per_fact, rng))
+        receiver_texts.extend(
+            _receiver_drills(person, sizes.receiver_drills_per_fact, receiver_rng)
+        )
     for person in context:
-        receiver_texts.extend(_context_drills(person, sizes.context_drills_per_fact, rng))
+        receiver_texts.extend(_context_drills(person, sizes.context_drills_per_fact, receiver_rng))
     fuser_examples = [
         example
         for person in fuser
-        for example in _fuser_examples(person, sizes.fuser_examples_per_fact, rng)
+        for example in _fuser_examples(person, sizes.fuser_examples_per_fact, fuser_rng)
     ]
     eval_questions = [
         multiple_choice(
-            person, attribute.name, rng.choice(EVAL_QUESTION_TEMPLATES[attribute.name]), rng
+            person,
+            attribute.name,
+            eval_rng.choice(EVAL_QUESTION_TEMPLATES[attribute.name]),
+            eval_rng,
         )
         for person in evaluation
         for attribute in ATTRIBUTES
     ]
-    rng.shuffle(sharer_texts)
-    rng.shuffle(receiver_texts)
-    rng.shuffle(fuser_examples)
+    sharer_rng.shuffle(sharer_texts)
+    receiver_rng.shuffle(receiver_texts)
+    fuser_rng.shuffle(fuser_examples)
     return ZooSplits(
         world=world,
         receiver_people=receiver,
