@@ -14,6 +14,7 @@ which is how CPU tests check the bucket and padding logic the graphs rely on.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,8 @@ class FusionGraphRunner:
         self._buffers: dict[int, _BucketBuffers] = {}
         self._outputs: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        # Every request shares the static buffers and outputs: one copy-replay-copy at a time.
+        self._buffers_lock = threading.Lock()
         if mode != "eager":
             self._buffers = {bucket: self._allocate(bucket) for bucket in self.buckets}
         if mode == "graphs":
@@ -126,6 +129,13 @@ class FusionGraphRunner:
         bucket = self.bucket_for(length)
         if bucket is None or k_r.shape[0] != self.batch:
             return self.fuser.fuse_layer(receiver_layer, k_r, v_r, k_s, v_s)
+        with self._buffers_lock:
+            return self._fuse_in_bucket(receiver_layer, bucket, k_r, v_r, k_s, v_s)
+
+    def _fuse_in_bucket(
+        self, receiver_layer: int, bucket: int, k_r: Tensor, v_r: Tensor, k_s: Tensor, v_s: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        length = k_r.shape[2]
         buffers = self._buffers[bucket]
         for static, given in (
             (buffers.k_r, k_r),

@@ -16,6 +16,19 @@ from c2c.service_config import (
     resolve_device,
     resolve_dtype,
 )
+from fuser.graph_runner import DEFAULT_BUCKETS
+
+
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """`--graph-buckets 64,128,...` as positive lengths."""
+    try:
+        buckets = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated lengths, got {text!r}") from None
+    if not buckets or min(buckets) < 1:
+        raise typer.BadParameter(f"bucket lengths must be positive, got {text!r}")
+    return buckets
+
 
 app = typer.Typer(add_completion=False)
 
@@ -85,6 +98,15 @@ def receiver(
             envvar="C2C_MAX_MESSAGE_BYTES", help="Largest KV message asked of the sharer."
         ),
     ] = 1 << 20,
+    graph_buckets: Annotated[
+        str,
+        typer.Option(
+            envvar="C2C_GRAPH_BUCKETS",
+            callback=parse_buckets,
+            help="Prompt-length buckets whose fusion is captured as CUDA graphs at start-up "
+            "(GPU only; longer prompts fuse eagerly), comma-separated.",
+        ),
+    ] = ",".join(str(bucket) for bucket in DEFAULT_BUCKETS),
     workers: Annotated[int, typer.Option(envvar="C2C_WORKERS", help="Concurrent RPCs.")] = 16,
     metrics_port: Annotated[
         int,
@@ -139,6 +161,7 @@ def receiver(
             sharer_timeout=sharer_timeout,
             text_hint_tokens=text_hint_tokens,
             max_message_bytes=max_message_bytes,
+            graph_buckets=graph_buckets,
             workers=workers,
             metrics_port=metrics_port,
             tls_cert=tls_cert,

@@ -47,6 +47,7 @@ from c2c.telemetry import current_trace_id, record_fallback, record_request
 from fuser.alignment import tokenize_with_spans
 from fuser.checkpoint import check_pair
 from fuser.fuser import C2CFuser
+from fuser.graph_runner import DEFAULT_BUCKETS, FusionGraphRunner
 from protos import c2c_pb2
 from receiver_service.request_validation import GenerationRequest, RequestLimits
 from receiver_service.sharer_client import SharerClient
@@ -77,6 +78,7 @@ class ReceiverSettings:
     describe_timeout_s: float = 5.0
     text_hint_tokens: int = 64
     max_message_bytes: int = 1 << 20
+    graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS
 
 
 @dataclass
@@ -148,6 +150,8 @@ class ReceiverPipeline:
     ) -> None:
         self.receiver = receiver
         self.fuser = fuser
+        # CUDA graphs are captured here, once, for every bucket; CPU fuses eagerly.
+        self.fusion = FusionGraphRunner(fuser, settings.graph_buckets) if fuser else None
         self.fuser_fingerprint = fuser_fingerprint
         self.sharer = sharer
         self.settings = settings
@@ -408,7 +412,7 @@ class ReceiverPipeline:
                         cached = cache.layers[receiver_layer]
                         originals[receiver_layer] = (cached.keys, cached.values)
                         start = time.perf_counter()
-                        cached.keys, cached.values = fuser.fuse_layer(
+                        cached.keys, cached.values = self.fusion.fuse_layer(
                             receiver_layer,
                             cached.keys,
                             cached.values,

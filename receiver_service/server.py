@@ -12,6 +12,7 @@ from c2c.model_loading import load_causal_lm
 from c2c.service_config import TlsFiles
 from c2c.telemetry import setup_telemetry, start_prometheus_endpoint
 from fuser.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
+from fuser.graph_runner import DEFAULT_BUCKETS
 from protos import c2c_pb2
 from receiver_service.pipeline import ReceiverPipeline, ReceiverSettings
 from receiver_service.request_validation import RequestLimits
@@ -62,6 +63,7 @@ def serve(
     sharer_timeout: float = 30.0,
     text_hint_tokens: int = 64,
     max_message_bytes: int = 1 << 20,
+    graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS,
     workers: int = 16,
     metrics_port: int = 0,
     tls_cert: Path | None = None,
@@ -91,6 +93,7 @@ def serve(
         sharer_timeout_s=sharer_timeout,
         text_hint_tokens=text_hint_tokens,
         max_message_bytes=max_message_bytes,
+        graph_buckets=graph_buckets,
     )
     sharer_client = SharerClient(
         sharer,

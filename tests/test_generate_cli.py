@@ -105,6 +105,13 @@ def test_services_without_a_model_exit_with_one_line(monkeypatch) -> None:
         ]
 
 
+def test_receiver_refuses_graph_buckets_that_are_not_lengths() -> None:
+    for bad in ("64,x", "0,128"):
+        done = CliRunner().invoke(receiver_app, ["--graph-buckets", bad])
+        assert done.exit_code == 2
+        assert "--graph-buckets" in done.output and bad in done.output
+
+
 def test_sharer_process_binds_port_0_serves_health_and_stops_on_sigterm(
     tiny_pair_dirs: TinyPair,
 ) -> None:
