@@ -183,21 +183,46 @@ class OtlpReceiver:
                         )
         return found
 
+    def wait_until(
+        self, done: Callable[[], bool], what: Callable[[], str], timeout_s: float
+    ) -> None:
+        """Block until ``done()`` after an export arrives; fail with ``what()`` if it never does."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"not received within {timeout_s}s; got {what()}")
+                self._lock.wait(min(left, 0.2))
+
     def wait_for_spans(
         self, done: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 10.0
     ) -> list[ReceivedSpan]:
         """Block until ``done(spans)`` holds; fail the test with what arrived if it never does."""
-        deadline = time.monotonic() + timeout_s
+        self.wait_until(
+            lambda: done(self.spans()),
+            lambda: str(sorted({(span.service, span.name) for span in self.spans()})),
+            timeout_s,
+        )
+        return self.spans()
+
+    def counter(self, name: str) -> dict[tuple[str, frozenset], float]:
+        """Latest cumulative value of counter ``name`` per (service, attribute set)."""
         with self._lock:
-            while True:
-                spans = self.spans()
-                if done(spans):
-                    return spans
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    names = sorted({(span.service, span.name) for span in spans})
-                    raise AssertionError(f"spans never completed within {timeout_s}s; got {names}")
-                self._lock.wait(min(left, 0.2))
+            requests = list(self.metric_requests)
+        values = {}
+        for request in requests:
+            for resource_metrics in request.resource_metrics:
+                service = _attributes(resource_metrics.resource.attributes).get("service.name")
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        if metric.name != name:
+                            continue
+                        for point in metric.sum.data_points:
+                            labels = frozenset(_attributes(point.attributes).items())
+                            value = point.as_int if point.HasField("as_int") else point.as_double
+                            values[service, labels] = value
+        return values
 
     def metric_names(self) -> set[str]:
         with self._lock:

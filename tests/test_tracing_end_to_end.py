@@ -64,9 +64,10 @@ def services(tiny_pair_dirs: TinyPair, tmp_path_factory) -> Iterator[Services]:
     with running_otlp_receiver() as collector:
         env = otel_free_env(
             OTEL_TRACES_EXPORTER="otlp",
-            OTEL_METRICS_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
             OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_METRIC_EXPORT_INTERVAL="300",
         )
         receiver_args = ["--model", str(tiny_pair_dirs.receiver), "--fuser", str(fuser)]
         sharer = spawn_service(
@@ -216,6 +217,29 @@ def test_a_fallback_request_carries_the_fallback_event(services: Services) -> No
     assert generate_span.event("fallback") == {"c2c.fallback_reason": reply.fallback_reason}
     assert generate_span.attributes["c2c.mode_used"] == "receiver_only"
     assert generate_span.status_code != STATUS_ERROR
+
+
+def test_requests_and_fallbacks_are_counted_in_the_exported_metrics(
+    services: Services, c2c_request
+) -> None:
+    generate(services.orphan, mode=c2c_pb2.MODE_C2C, allow_fallback=True)
+    ok = ("c2c-receiver", frozenset({("c2c.mode", "c2c"), ("c2c.status", "ok")}))
+    fell_back = ("c2c-receiver-orphan", frozenset({("c2c.fallback_reason", "unavailable")}))
+
+    services.collector.wait_until(
+        lambda: (
+            services.collector.counter("c2c.requests").get(ok, 0) >= 1
+            and services.collector.counter("c2c.fallbacks").get(fell_back, 0) >= 1
+        ),
+        lambda: (
+            str(services.collector.counter("c2c.requests"))
+            + str(services.collector.counter("c2c.fallbacks"))
+        ),
+        timeout_s=10,
+    )
+    assert {"c2c.request.duration", "c2c.transfer.duration", "c2c.fusion.duration"} <= (
+        services.collector.metric_names()
+    )
 
 
 def test_an_error_request_ends_its_spans_with_status_error(services: Services) -> None:
