@@ -196,7 +196,7 @@ class OtlpReceiver:
                 self._lock.wait(min(left, 0.2))
 
     def wait_for_spans(
-        self, done: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 10.0
+        self, done: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 30.0
     ) -> list[ReceivedSpan]:
         """Block until ``done(spans)`` holds; fail the test with what arrived if it never does."""
         self.wait_until(

@@ -235,7 +235,7 @@ def test_requests_and_fallbacks_are_counted_in_the_exported_metrics(
             str(services.collector.counter("c2c.requests"))
             + str(services.collector.counter("c2c.fallbacks"))
         ),
-        timeout_s=10,
+        timeout_s=30,
     )
     assert {"c2c.request.duration", "c2c.transfer.duration", "c2c.fusion.duration"} <= (
         services.collector.metric_names()
