@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from c2c.bundled import bundled_pair
+from c2c.local_pair import free_port, pair_paths
 from protos import c2c_pb2, c2c_pb2_grpc
 
 TARGET_MEDIAN_RATIO = 1.03
@@ -121,13 +120,6 @@ def running_span_sink() -> Iterator[tuple[SpanSink, int]]:
         yield sink, port
     finally:
         server.stop(grace=None)
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the service binds it moments later)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -329,21 +321,15 @@ def tracing_command(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON result here.")] = None,
 ) -> None:
     """Tracing on (OTLP, batch) vs off: median end-to-end latency ratio over the same requests."""
-    if None in (receiver_model, sharer_model, fuser):
-        try:
-            pair = bundled_pair()
-        except FileNotFoundError as error:
-            typer.echo(
-                f"error: {error}; pass --receiver-model, --sharer-model and --fuser", err=True
-            )
-            raise typer.Exit(2) from None
-        receiver_model = receiver_model or pair.receiver
-        sharer_model = sharer_model or pair.sharer
-        fuser = fuser or pair.fuser
+    try:
+        paths = pair_paths(receiver_model, sharer_model, fuser)
+    except FileNotFoundError as error:
+        typer.echo(f"error: {error}; pass --receiver-model, --sharer-model and --fuser", err=True)
+        raise typer.Exit(2) from None
     config = TracingBenchConfig(
-        receiver_model=receiver_model,
-        sharer_model=sharer_model,
-        fuser=fuser,
+        receiver_model=paths.receiver,
+        sharer_model=paths.sharer,
+        fuser=paths.fuser,
         requests=requests,
         warmup=warmup,
         max_new_tokens=max_new_tokens,
@@ -351,7 +337,7 @@ def tracing_command(
     )
     if not as_json:
         typer.echo(
-            f"tracing bench: {requests} requests per arm, models from {receiver_model.parent}"
+            f"tracing bench: {requests} requests per arm, models from {paths.receiver.parent}"
         )
     try:
         result = run_tracing_bench(config)
