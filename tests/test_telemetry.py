@@ -162,6 +162,22 @@ def test_file_exporter_writes_one_otlp_json_line_per_batch(tmp_path: Path) -> No
         assert span["attributes"] == [{"key": "c2c.prompt_tokens", "value": {"intValue": "7"}}]
 
 
+def test_console_exporter_prints_spans() -> None:
+    result = run_python(
+        """
+        from opentelemetry import trace
+        from c2c.telemetry import setup_telemetry
+        telemetry = setup_telemetry("c2c-sharer")
+        trace.get_tracer("t").start_span("kv.encode").end()
+        telemetry.shutdown()
+        """,
+        otel_free_env(OTEL_TRACES_EXPORTER="console"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"name": "kv.encode"' in result.stdout
+    assert '"service.name": "c2c-sharer"' in result.stdout
+
+
 def test_always_off_sampler_exports_nothing(collector: OtlpReceiver) -> None:
     env = otel_free_env(
         OTEL_TRACES_EXPORTER="otlp",
