@@ -3,7 +3,7 @@
 One run asks every question in every mode side by side (``receiver_only``, ``sharer_only``,
 ``text`` and ``c2c``, the last once per KV codec), so every number in the report comes from the
 same questions, the same servers and the same load. Answers are scored from the generated text;
-separately, where the models are local, by the likelihood of each answer letter (``--loglik``).
+separately, where the models are local, by the likelihood of each choice (``--loglik``).
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def evaluate(
     answers_sink: list[Answer] | None = None,
 ) -> dict:
     """Ask ``questions`` through the services at ``receiver`` (or a local pair started from
-    ``paths``) and return the report; ``loglik`` adds letter-likelihood scores (local models).
+    ``paths``) and return the report; ``loglik`` adds choice-likelihood scores (local models).
     Every answer is also appended to ``answers_sink`` when one is given."""
     started = local_pair(paths) if receiver is None else nullcontext(None)
     with started as addresses:
@@ -415,7 +415,7 @@ def eval_command(
         list[str] | None, typer.Option(help=f"KV codecs for c2c (repeatable): {', '.join(CODECS)}.")
     ] = None,
     loglik: Annotated[
-        bool, typer.Option(help="Also score by answer-letter likelihood (local models only).")
+        bool, typer.Option(help="Also score by choice likelihood (local models only).")
     ] = False,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the --limit sample.")] = 0,

@@ -1,9 +1,9 @@
 """Multiple-choice scoring by likelihood instead of generated text, on local models in-process.
 
-The receiver (alone and with the fused cache) is scored by which answer letter it finds most
-likely after the prompt; the sharer, which never learnt the letter format, by which choice text it
-finds most likely after the question (cloze style). No sampling, no parsing: a second view of the
-same questions that cannot be skewed by an unparseable answer.
+The receiver (alone and with the fused cache) is scored by which choice it finds most likely as
+the answer after the multiple-choice prompt; the sharer, which never learnt the question format,
+by which choice text it finds most likely after the bare question (cloze style). No sampling, no
+parsing: a second view of the same questions that cannot be skewed by an unparseable answer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from c2c.evaluation import wilson_interval
 from c2c.local_pair import PairPaths
 from c2c.model_loading import LoadedModel, load_causal_lm
-from c2c.zoo.corpora import LETTERS, MultipleChoiceQuestion, open_prompt, render_prompt
+from c2c.zoo.corpora import MultipleChoiceQuestion, open_prompt, render_prompt
 from c2c.zoo.knowledge_probe import sequence_logprobs
 from fuser.alignment import tokenize_with_spans
 from fuser.checkpoint import load_checkpoint
@@ -54,8 +54,8 @@ def likelihood_scores(
         fused = fused_prompt_cache(receiver, sharer, fuser, prompt_ids, prompt, spans)
         for mode, cache in (("receiver_only", alone), ("c2c", fused)):
             scores = [
-                continuation_logprob(receiver, cache, prompt_ids[-1], f" {letter}")
-                for letter in LETTERS[: len(question.choices)]
+                continuation_logprob(receiver, cache, prompt_ids[-1], f" {choice}")
+                for choice in question.choices
             ]
             correct[mode] += scores.index(max(scores)) == question.answer
         cloze = [f"{open_prompt(question.question)} {choice}" for choice in question.choices]

@@ -33,7 +33,7 @@ STAGES = ("data", "tokenizers", "models", "pretrain", "probe", "fuser")
 class FuserTrainingConfig:
     """What the fuser stage asks of ``c2c train`` (hidden 128 keeps the checkpoint ~6 MB)."""
 
-    max_steps: int = 400
+    max_steps: int = 800
     batch_size: int = 8
     lr: float = 1e-3
     warmup_steps: int = 30

@@ -131,13 +131,16 @@ class ZooSplits:
 
 
 def render_prompt(question: MultipleChoiceQuestion) -> str:
-    """The multiple-choice prompt the receiver was drilled on; the answer is one letter."""
+    """The multiple-choice prompt the receiver was drilled on; it answers with the choice's text."""
     options = "".join(f"{LETTERS[i]}. {choice}\n" for i, choice in enumerate(question.choices))
     return f"Question: {question.question}\n{options}Answer:"
 
 
 def render_answer(question: MultipleChoiceQuestion) -> str:
-    return f" {question.answer_letter}"
+    """The receiver names the right choice. (A letter answer would make a tiny model learn a
+    lookup-then-map-to-letter composition it does not manage in minutes of CPU training; naming
+    the value needs only recall, biased toward the listed candidates.)"""
+    return f" {question.choices[question.answer]}"
 
 
 def open_prompt(question_text: str) -> str:

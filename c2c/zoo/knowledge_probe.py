@@ -2,7 +2,7 @@
 
 The sharer is probed the way it was trained, with statements: of the twelve "Name lives in X."
 completions, does it find the true one most likely? The receiver is probed the way it will be
-asked, with multiple-choice prompts scored by the likelihood of each answer letter.
+asked, with multiple-choice prompts scored by the likelihood of each choice as the answer.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from c2c.zoo.corpora import (
     EVAL_QUESTION_TEMPLATES,
-    LETTERS,
     STATEMENT_TEMPLATES,
+    MultipleChoiceQuestion,
     multiple_choice,
     render_prompt,
 )
@@ -47,9 +47,10 @@ def sequence_logprobs(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
     return (picked * mask[:, 1:]).sum(dim=-1)
 
 
-def best_letter(model, tokenizer, prompt: str) -> int:
-    """Index of the answer letter whose continuation of ``prompt`` is most likely."""
-    texts = [f"{prompt} {letter}" for letter in LETTERS]
+def best_choice(model, tokenizer, question: MultipleChoiceQuestion) -> int:
+    """Index of the choice whose text, as the answer after the prompt, is most likely."""
+    prompt = render_prompt(question)
+    texts = [f"{prompt} {choice}" for choice in question.choices]
     return int(sequence_logprobs(model, tokenizer, texts).argmax())
 
 
@@ -76,6 +77,6 @@ def probe_receiver(model_dir: Path, people: Sequence[Person], rng: random.Random
         for attribute in ATTRIBUTES:
             template = rng.choice(EVAL_QUESTION_TEMPLATES[attribute.name])
             question = multiple_choice(person, attribute.name, template, rng)
-            hits += best_letter(model, tokenizer, render_prompt(question)) == question.answer
+            hits += best_choice(model, tokenizer, question) == question.answer
             total += 1
     return hits / max(1, total)
