@@ -65,7 +65,7 @@ def _one_c2c_request(
             prompt=render_prompt(question),
             mode=c2c_pb2.MODE_C2C,
             codec=c2c_pb2.CODEC_INT8,
-            max_new_tokens=4,
+            max_new_tokens=6,
             stop=["\n"],
         ),
         timeout=60,

@@ -49,7 +49,7 @@ class EvalSettings:
 
     modes: tuple[str, ...] = MODES
     codecs: tuple[str, ...] = CODECS
-    max_new_tokens: int = 4
+    max_new_tokens: int = 6
     timeout_s: float = 60.0
 
 
@@ -417,7 +417,7 @@ def eval_command(
     loglik: Annotated[
         bool, typer.Option(help="Also score by choice likelihood (local models only).")
     ] = False,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the --limit sample.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
     answers_out: Annotated[
