@@ -13,7 +13,7 @@ from c2c.model_loading import load_causal_lm
 from c2c.zoo.build import BuildConfig, run_build
 from c2c.zoo.corpora import render_prompt
 
-PRETRAINING_STAGES = ["data", "tokenizers", "models", "pretrain", "probe"]
+STAGES = ["data", "tokenizers", "models", "pretrain", "probe", "fuser"]
 
 
 def _build(out, *extra: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def _build(out, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo")
-    stages = [arg for stage in PRETRAINING_STAGES for arg in ("--stage", stage)]
+    stages = [arg for stage in STAGES for arg in ("--stage", stage)]
     result = _build(out, *stages)
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.loads(result.stdout)
@@ -61,11 +61,21 @@ def render_prompt_of(record: dict) -> str:
 
 def test_build_reports_every_stage_and_pretraining_lowers_the_loss(built):
     _, report = built
-    assert set(PRETRAINING_STAGES) <= set(report)
+    assert set(STAGES) <= set(report)
     for model in ("receiver", "sharer"):
         result = report["pretrain"]["result"][model]
         assert result["final_loss"] < result["first_loss"]
     assert 0.0 <= report["probe"]["result"]["sharer_recall_eval_people"] <= 1.0
+
+
+def test_build_trains_a_fuser_the_pair_accepts(built):
+    out, report = built
+    from fuser.checkpoint import load_checkpoint
+
+    receiver, sharer = load_causal_lm(out / "receiver"), load_causal_lm(out / "sharer")
+    fuser = load_checkpoint(out / "fuser", receiver.card, sharer.card)
+    assert fuser.config.alignment == "offsets"
+    assert report["fuser"]["result"]["steps"] == BuildConfig.smoke().fuser.max_steps
 
 
 def test_no_evaluation_question_is_in_any_file_a_model_or_the_fuser_trains_on(built):
