@@ -6,13 +6,16 @@ Typer turns these enums into validated ``--codec``/``--dtype`` choices listed in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import grpc
 import typer
 
+from c2c.errors import C2CError
 from protos import c2c_pb2
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -38,6 +41,42 @@ class DTypeChoice(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+# Options both servers take, declared once: name, environment variable and help.
+HostOption = Annotated[str, typer.Option(envvar="C2C_HOST", help="Address to bind.")]
+PortOption = Annotated[
+    int, typer.Option(envvar="C2C_PORT", help="Port to bind; 0 picks a free one.")
+]
+DTypeOption = Annotated[DTypeChoice, typer.Option(envvar="C2C_DTYPE", help="Compute dtype.")]
+DeviceOption = Annotated[
+    str,
+    typer.Option(envvar="C2C_DEVICE", help="torch device; auto = cuda when available, else cpu."),
+]
+DefaultCodecOption = Annotated[
+    CodecChoice,
+    typer.Option(envvar="C2C_DEFAULT_CODEC", help="KV layout when a request says none."),
+]
+WorkersOption = Annotated[int, typer.Option(envvar="C2C_WORKERS", help="Concurrent RPCs.")]
+MetricsPortOption = Annotated[
+    int,
+    typer.Option(
+        envvar="C2C_METRICS_PORT", help="Serve Prometheus /metrics on this port (0: off)."
+    ),
+]
+TlsKeyOption = Annotated[
+    Path | None, typer.Option(envvar="C2C_TLS_KEY", help="PEM private key of --tls-cert.")
+]
+LogLevelOption = Annotated[str, typer.Option(envvar="C2C_LOG_LEVEL", help="Python log level.")]
+
+
+def run_server(serve: Callable[[], object]) -> None:
+    """Run a server's ``serve()``; a configuration or start-up error is one line and exit 1."""
+    try:
+        serve()
+    except (C2CError, OSError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 def resolve_device(device: str) -> str:

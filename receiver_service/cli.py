@@ -7,14 +7,23 @@ from typing import Annotated
 
 import typer
 
-from c2c.errors import C2CError
 from c2c.service_config import (
     CodecChoice,
+    DefaultCodecOption,
+    DeviceOption,
     DTypeChoice,
+    DTypeOption,
+    HostOption,
+    LogLevelOption,
+    MetricsPortOption,
+    PortOption,
+    TlsKeyOption,
+    WorkersOption,
     configure_logging,
     model_or_bundled,
     resolve_device,
     resolve_dtype,
+    run_server,
 )
 from fuser.graph_runner import DEFAULT_BUCKETS
 
@@ -48,19 +57,10 @@ def receiver(
     sharer: Annotated[
         str, typer.Option(envvar="C2C_SHARER", help="Sharer service address, HOST:PORT.")
     ] = "localhost:50051",
-    host: Annotated[str, typer.Option(envvar="C2C_HOST", help="Address to bind.")] = "0.0.0.0",
-    port: Annotated[
-        int, typer.Option(envvar="C2C_PORT", help="Port to bind; 0 picks a free one.")
-    ] = 50052,
-    dtype: Annotated[
-        DTypeChoice, typer.Option(envvar="C2C_DTYPE", help="Compute dtype.")
-    ] = DTypeChoice.auto,
-    device: Annotated[
-        str,
-        typer.Option(
-            envvar="C2C_DEVICE", help="torch device; auto = cuda when available, else cpu."
-        ),
-    ] = "auto",
+    host: HostOption = "0.0.0.0",
+    port: PortOption = 50052,
+    dtype: DTypeOption = DTypeChoice.auto,
+    device: DeviceOption = "auto",
     max_prompt_tokens: Annotated[
         int,
         typer.Option(
@@ -77,10 +77,7 @@ def receiver(
             envvar="C2C_DEFAULT_NEW_TOKENS", help="Tokens generated when a request says 0."
         ),
     ] = 128,
-    default_codec: Annotated[
-        CodecChoice,
-        typer.Option(envvar="C2C_DEFAULT_CODEC", help="KV layout when a request says none."),
-    ] = CodecChoice.fp16,
+    default_codec: DefaultCodecOption = CodecChoice.fp16,
     sharer_timeout: Annotated[
         float,
         typer.Option(
@@ -107,22 +104,15 @@ def receiver(
             "(GPU only; longer prompts fuse eagerly), comma-separated.",
         ),
     ] = ",".join(str(bucket) for bucket in DEFAULT_BUCKETS),
-    workers: Annotated[int, typer.Option(envvar="C2C_WORKERS", help="Concurrent RPCs.")] = 16,
-    metrics_port: Annotated[
-        int,
-        typer.Option(
-            envvar="C2C_METRICS_PORT", help="Serve Prometheus /metrics on this port (0: off)."
-        ),
-    ] = 0,
+    workers: WorkersOption = 16,
+    metrics_port: MetricsPortOption = 0,
     tls_cert: Annotated[
         Path | None,
         typer.Option(
             envvar="C2C_TLS_CERT", help="PEM certificate shown to the sharer (mutual TLS)."
         ),
     ] = None,
-    tls_key: Annotated[
-        Path | None, typer.Option(envvar="C2C_TLS_KEY", help="PEM private key of --tls-cert.")
-    ] = None,
+    tls_key: TlsKeyOption = None,
     tls_ca: Annotated[
         Path | None,
         typer.Option(envvar="C2C_TLS_CA", help="PEM CA the sharer's certificate must chain to."),
@@ -134,9 +124,7 @@ def receiver(
             help="gRPC load balancing over the sharer's addresses: pick_first or round_robin.",
         ),
     ] = "pick_first",
-    log_level: Annotated[
-        str, typer.Option(envvar="C2C_LOG_LEVEL", help="Python log level.")
-    ] = "info",
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Serve a receiver model with its fuser: Generate / GenerateStream in c2c, receiver_only
     and text modes. c2c stays unavailable (Describe says why) while the sharer is unreachable
@@ -145,8 +133,8 @@ def receiver(
 
     configure_logging(log_level)
     device = resolve_device(device)
-    try:
-        serve(
+    run_server(
+        lambda: serve(
             model_or_bundled(model, "receiver", "--model"),
             model_or_bundled(fuser, "fuser", "--fuser"),
             sharer,
@@ -169,9 +157,7 @@ def receiver(
             tls_ca=tls_ca,
             sharer_lb_policy=sharer_lb_policy,
         )
-    except (C2CError, OSError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    )
 
 
 def main() -> None:

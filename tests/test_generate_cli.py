@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner, Result
 
+from c2c import service_config
 from c2c.cli import app
 from receiver_service.cli import app as receiver_app
 from sharer_service.cli import app as sharer_app
@@ -94,9 +95,10 @@ def test_generate_without_a_receiver_says_unavailable() -> None:
     assert done.stderr.startswith("error: UNAVAILABLE:") and len(done.stderr.splitlines()) == 1
 
 
-def test_services_without_a_model_exit_with_one_line(monkeypatch) -> None:
+def test_services_without_a_model_or_bundled_pair_exit_with_one_line(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("C2C_MODEL", raising=False)
     monkeypatch.delenv("C2C_FUSER", raising=False)
+    monkeypatch.setattr(service_config, "BUNDLED_DIR", tmp_path / "not-installed")
     for service_app in (sharer_app, receiver_app):
         done = CliRunner().invoke(service_app, [])
         assert done.exit_code == 2
