@@ -81,7 +81,7 @@ def serve(
     loaded = load_causal_lm(model, dtype, device)
     setup_telemetry("c2c-receiver", model_name=loaded.card.name)
     if metrics_port:
-        start_prometheus_endpoint(metrics_port)
+        start_prometheus_endpoint(metrics_port, host)
     c2c_fuser = load_checkpoint(fuser, receiver=loaded.card, device=device)
     settings = ReceiverSettings(
         limits=RequestLimits(

@@ -62,7 +62,7 @@ def serve(
     loaded = load_causal_lm(model, dtype, device)
     setup_telemetry("c2c-sharer", model_name=loaded.card.name)
     if metrics_port:
-        start_prometheus_endpoint(metrics_port)
+        start_prometheus_endpoint(metrics_port, host)
     limits = SharerLimits(
         max_prompt_tokens=max_prompt_tokens,
         max_new_tokens=max_new_tokens,

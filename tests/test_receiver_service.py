@@ -518,3 +518,30 @@ def test_mutual_tls_between_receiver_and_sharer(
         with_certs.stop(0)
         without_certs.stop(0)
         sharer.stop(0)
+
+
+def test_metrics_port_serves_prometheus_counters_of_answered_requests(
+    tiny_pair_dirs: TinyPair, fuser_dir: Path, sharer
+) -> None:
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    server = start_receiver(
+        tiny_pair_dirs.receiver, fuser_dir, sharer.port, metrics_port=metrics_port
+    )
+    try:
+        generate(server.port, prompt="Count me.", max_new_tokens=2, mode=c2c_pb2.MODE_C2C)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            scraped = response.read().decode()
+    finally:
+        server.stop(0)
+    answered = [
+        line
+        for line in scraped.splitlines()
+        if line.startswith("c2c_requests_total{") and 'c2c_mode="c2c"' in line
+    ]
+    assert answered and float(answered[0].rsplit(" ", 1)[1]) >= 1.0
+    assert "c2c_request_duration" in scraped
