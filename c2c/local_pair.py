@@ -8,7 +8,6 @@ channels, and stopped with SIGTERM so they drain and flush their traces.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -78,38 +78,73 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _console_script(name: str) -> list[str]:
-    """Run a console script of this installation with this interpreter."""
-    module = {"c2c-sharer": "sharer_service.cli", "c2c-receiver": "receiver_service.cli"}[name]
-    return [sys.executable, "-c", f"import {module} as m; m.main()"]
+@dataclass
+class ServiceProcess:
+    """A service's CLI running as a child process; its log goes to a temporary file (a pipe
+    nobody reads would stall a chatty child)."""
 
+    name: str
+    port: int
+    process: subprocess.Popen
+    log: IO[str]
 
-def _wait_healthy(process: subprocess.Popen, address: str, log: Path, name: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                tail = log.read_text()[-1500:]
-                raise PairStartError(f"{name} exited with {process.returncode}:\n{tail}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise PairStartError(f"{name} not healthy at {address} after {STARTUP_TIMEOUT_S:.0f}s")
+    def log_tail(self, chars: int = 800) -> str:
+        self.log.seek(0)
+        return self.log.read()[-chars:]
 
+    def wait_serving(self, timeout_s: float) -> None:
+        """Return once its gRPC health service says SERVING; raise if the child died."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise PairStartError(
+                        f"{self.name} on port {self.port} exited with {self.process.returncode}:\n"
+                        f"{self.log_tail()}"
+                    )
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise PairStartError(f"{self.name} on port {self.port} not serving after {timeout_s:.0f}s")
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    def stop(self) -> None:
+        """SIGTERM (the services drain and flush their telemetry on it), then SIGKILL."""
+        self.process.terminate()
         try:
-            process.wait(STOP_TIMEOUT_S)
+            self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def spawn_service(module: str, args: list[str], env: dict[str, str]) -> ServiceProcess:
+    """Run a service's CLI (``sharer_service.cli`` or ``receiver_service.cli``) on 127.0.0.1
+    and a free port, as a child with ``env``."""
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"from {module} import main; main()", *args]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return ServiceProcess(name=module.split(".")[0], port=port, process=process, log=log)
+
+
+def stop_services(services: list[ServiceProcess]) -> None:
+    """Signal every service first, then wait for each: they flush their telemetry in parallel."""
+    for service in services:
+        service.process.terminate()
+    for service in reversed(services):
+        service.stop()
 
 
 @contextmanager
@@ -123,48 +158,42 @@ def local_pair(
     for name in ("receiver", "sharer", "fuser"):
         if not Path(getattr(paths, name)).is_dir():
             raise FileNotFoundError(f"{name} directory {getattr(paths, name)} does not exist")
-    logs = Path(tempfile.mkdtemp(prefix="c2c-pair-"))
-    sharer_port, receiver_port = free_port(), free_port()
     trace_files: list[Path] = []
-    processes: list[subprocess.Popen] = []
 
-    def start(name: str, argv: list[str], port: int) -> None:
+    def environment(name: str) -> dict[str, str]:
         env = {**os.environ, "C2C_LOG_LEVEL": "warning", "OTEL_METRICS_EXPORTER": "none"}
-        if trace_dir is not None:
-            trace_file = trace_dir / f"{name}.otlp.jsonl"
-            trace_file.unlink(missing_ok=True)
-            trace_files.append(trace_file)
-            env.update({"OTEL_TRACES_EXPORTER": "otlp_json_file", TRACES_FILE_ENV: str(trace_file)})
-        else:
+        if trace_dir is None:
             env["OTEL_TRACES_EXPORTER"] = "none"
-        log = logs / f"{name}.log"
-        with log.open("w") as log_file:
-            process = subprocess.Popen(
-                _console_script(name) + argv + ["--host", "127.0.0.1", "--port", str(port)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        processes.append(process)
-        _wait_healthy(process, f"127.0.0.1:{port}", log, name)
+            return env
+        trace_file = trace_dir / f"{name}.otlp.jsonl"
+        trace_file.unlink(missing_ok=True)
+        trace_files.append(trace_file)
+        env.update({"OTEL_TRACES_EXPORTER": "otlp_json_file", TRACES_FILE_ENV: str(trace_file)})
+        return env
 
+    started: list[ServiceProcess] = []
     try:
-        start("c2c-sharer", ["--model", str(paths.sharer)], sharer_port)
-        start(
-            "c2c-receiver",
+        sharer = spawn_service(
+            "sharer_service.cli", ["--model", str(paths.sharer)], environment("c2c-sharer")
+        )
+        started.append(sharer)
+        sharer.wait_serving(STARTUP_TIMEOUT_S)
+        receiver = spawn_service(
+            "receiver_service.cli",
             [
                 "--model", str(paths.receiver),
                 "--fuser", str(paths.fuser),
-                "--sharer", f"127.0.0.1:{sharer_port}",
+                "--sharer", f"127.0.0.1:{sharer.port}",
                 "--text-hint-tokens", str(text_hint_tokens),
             ],
-            receiver_port,
+            environment("c2c-receiver"),
         )  # fmt: skip
+        started.append(receiver)
+        receiver.wait_serving(STARTUP_TIMEOUT_S)
         yield PairAddresses(
-            receiver=f"127.0.0.1:{receiver_port}",
-            sharer=f"127.0.0.1:{sharer_port}",
+            receiver=f"127.0.0.1:{receiver.port}",
+            sharer=f"127.0.0.1:{sharer.port}",
             trace_files=tuple(trace_files),
         )
     finally:
-        for process in reversed(processes):
-            _stop(process)
+        stop_services(started)

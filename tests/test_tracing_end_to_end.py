@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from c2c.benchmarks.tracing import ServiceProcess, otel_free_env, spawn_service, stop_services
-from c2c.local_pair import free_port
+from c2c.benchmarks.tracing import otel_free_env
+from c2c.local_pair import ServiceProcess, free_port, spawn_service, stop_services
 from protos import c2c_pb2, c2c_pb2_grpc
 from tests.otlp_receiver import (
     SPAN_KIND_CLIENT,

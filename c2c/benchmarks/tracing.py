@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,14 +19,13 @@ from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Annotated
+from typing import Annotated
 
 import grpc
 import typer
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from c2c.local_pair import free_port, pair_paths
+from c2c.local_pair import ServiceProcess, pair_paths, spawn_service, stop_services
 from protos import c2c_pb2, c2c_pb2_grpc
 
 TARGET_MEDIAN_RATIO = 1.03
@@ -120,71 +116,6 @@ def running_span_sink() -> Iterator[tuple[SpanSink, int]]:
         yield sink, port
     finally:
         server.stop(grace=None)
-
-
-@dataclass
-class ServiceProcess:
-    """A service's CLI running as a child process; its log goes to a temporary file (a pipe
-    nobody reads would stall a chatty child)."""
-
-    port: int
-    process: subprocess.Popen
-    log: IO[str]
-
-    def log_tail(self, chars: int = 800) -> str:
-        self.log.seek(0)
-        return self.log.read()[-chars:]
-
-    def wait_serving(self, timeout_s: float) -> None:
-        """Return once its gRPC health service says SERVING; raise if the child died."""
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"service on port {self.port} exited: {self.log_tail()}")
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"service on port {self.port} not serving after {timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        """SIGTERM (the services flush their telemetry on it), SIGKILL after 30 s."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-def spawn_service(module: str, args: list[str], env: dict[str, str]) -> ServiceProcess:
-    """Run a service's CLI (``sharer_service.cli`` or ``receiver_service.cli``) on 127.0.0.1
-    and a free port, as a child with ``env``."""
-    port = free_port()
-    log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-c", f"from {module} import main; main()", *args]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return ServiceProcess(port=port, process=process, log=log)
-
-
-def stop_services(services: list[ServiceProcess]) -> None:
-    """Signal every service first, then wait for each: they flush their telemetry in parallel."""
-    for service in services:
-        service.process.terminate()
-    for service in reversed(services):
-        service.stop()
 
 
 def otel_free_env(**otel: str) -> dict[str, str]:
