@@ -27,7 +27,15 @@ from c2c.evaluation import (
     load_questions,
     report,
 )
-from c2c.local_pair import PairStartError, bundled_questions, local_pair, pair_paths
+from c2c.local_pair import (
+    FuserOption,
+    PairStartError,
+    ReceiverModelOption,
+    SharerModelOption,
+    bundled_questions,
+    local_pair,
+    pair_paths,
+)
 from c2c.trace_view import TraceFileError, draw_gantt, load_spans, render_waterfall, select_trace
 from c2c.zoo.corpora import LETTERS, MultipleChoiceQuestion, render_prompt
 from protos import c2c_pb2
@@ -96,15 +104,9 @@ def demo_command(
         Path, typer.Option(help="Directory for the trace files and the waterfall PNG.")
     ] = Path("c2c-demo"),
     seed: Annotated[int, typer.Option(help="Which questions are drawn.")] = 0,
-    receiver_model: Annotated[
-        Path | None, typer.Option(help="Receiver model directory (default: bundled).")
-    ] = None,
-    sharer_model: Annotated[
-        Path | None, typer.Option(help="Sharer model directory (default: bundled).")
-    ] = None,
-    fuser: Annotated[
-        Path | None, typer.Option(help="Fuser checkpoint directory (default: bundled).")
-    ] = None,
+    receiver_model: ReceiverModelOption = None,
+    sharer_model: SharerModelOption = None,
+    fuser: FuserOption = None,
     questions_file: Annotated[
         Path | None,
         typer.Option("--questions-file", help="MMLU-style JSONL (default: the bundled set)."),

@@ -25,7 +25,17 @@ import typer
 from tqdm import tqdm
 
 from c2c.errors import C2CError
-from c2c.local_pair import PairPaths, PairStartError, bundled_questions, local_pair, pair_paths
+from c2c.jsonl_records import read_jsonl
+from c2c.local_pair import (
+    FuserOption,
+    PairPaths,
+    PairStartError,
+    ReceiverModelOption,
+    SharerModelOption,
+    bundled_questions,
+    local_pair,
+    pair_paths,
+)
 from c2c.zoo.corpora import LETTERS, MultipleChoiceQuestion, render_prompt
 from protos import c2c_pb2, c2c_pb2_grpc
 
@@ -141,17 +151,10 @@ def _question_from(record: object, where: str) -> MultipleChoiceQuestion:
 
 def load_questions(path: Path) -> list[MultipleChoiceQuestion]:
     """MMLU-style JSONL: {"question", "choices": [...], "answer": index or letter} per line."""
-    if not path.is_file():
-        raise QuestionFileError(f"questions file {path} does not exist")
-    questions = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise QuestionFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        questions.append(_question_from(record, f"{path}:{number}"))
+    questions = [
+        _question_from(record, where)
+        for where, record in read_jsonl(path, "questions", QuestionFileError)
+    ]
     if not questions:
         raise QuestionFileError(f"questions file {path} has no questions")
     return questions
@@ -399,15 +402,9 @@ def eval_command(
         Path | None,
         typer.Option(help="JSONL of MMLU-style questions (default: the bundled set)."),
     ] = None,
-    receiver_model: Annotated[
-        Path | None, typer.Option(help="Receiver model directory (default: bundled).")
-    ] = None,
-    sharer_model: Annotated[
-        Path | None, typer.Option(help="Sharer model directory (default: bundled).")
-    ] = None,
-    fuser: Annotated[
-        Path | None, typer.Option(help="Fuser checkpoint directory (default: bundled).")
-    ] = None,
+    receiver_model: ReceiverModelOption = None,
+    sharer_model: SharerModelOption = None,
+    fuser: FuserOption = None,
     mode: Annotated[
         list[str] | None, typer.Option(help=f"Modes to run (repeatable): {', '.join(MODES)}.")
     ] = None,

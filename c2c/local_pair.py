@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Annotated
 
 import grpc
+import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from c2c.telemetry import TRACES_FILE_ENV
@@ -39,6 +40,18 @@ class PairPaths:
     receiver: Path
     sharer: Path
     fuser: Path
+
+
+# The pair's directories as command options, shared by demo, eval and the benchmarks.
+ReceiverModelOption = Annotated[
+    Path | None, typer.Option(help="Receiver model directory (default: bundled).")
+]
+SharerModelOption = Annotated[
+    Path | None, typer.Option(help="Sharer model directory (default: bundled).")
+]
+FuserOption = Annotated[
+    Path | None, typer.Option(help="Fuser checkpoint directory (default: bundled).")
+]
 
 
 @dataclass(frozen=True)

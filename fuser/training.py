@@ -24,6 +24,7 @@ import typer
 from tqdm import tqdm
 
 from c2c.errors import C2CError
+from c2c.jsonl_records import read_jsonl
 from c2c.model_loading import LoadedModel, load_causal_lm
 from fuser.alignment import STRATEGIES, default_strategy, tokenize_with_spans
 from fuser.checkpoint import load_checkpoint, save_checkpoint
@@ -84,28 +85,20 @@ class Example:
 
 def read_records(path: Path) -> list[tuple[str, str, list[dict] | None]]:
     """(prompt, response, messages) per JSONL line: prompt/response records or chat messages."""
-    if not path.is_file():
-        raise TrainingDataError(f"data file {path} does not exist")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TrainingDataError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    for where, record in read_jsonl(path, "data", TrainingDataError):
         if isinstance(record, dict) and isinstance(record.get("messages"), list):
             messages = record["messages"]
             if len(messages) < 2 or messages[-1].get("role") != "assistant":
                 raise TrainingDataError(
-                    f"{path}:{number}: messages must end with an assistant message after a prompt"
+                    f"{where}: messages must end with an assistant message after a prompt"
                 )
             records.append(("", str(messages[-1].get("content", "")), messages[:-1]))
         elif isinstance(record, dict) and {"prompt", "response"} <= record.keys():
             records.append((str(record["prompt"]), str(record["response"]), None))
         else:
             raise TrainingDataError(
-                f"{path}:{number}: expected {{'prompt', 'response'}} or {{'messages': [...]}}"
+                f"{where}: expected {{'prompt', 'response'}} or {{'messages': [...]}}"
             )
     if len(records) < 2:
         raise TrainingDataError(f"{path}: need at least 2 records (training and evaluation)")

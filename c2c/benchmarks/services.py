@@ -18,6 +18,7 @@ from typing import Annotated
 import grpc
 import typer
 
+from c2c.local_pair import FuserOption, ReceiverModelOption, SharerModelOption
 from c2c.service_config import model_or_bundled
 from protos import c2c_pb2, c2c_pb2_grpc
 
@@ -114,15 +115,9 @@ def run_variants(
 
 
 def services_command(
-    receiver_model: Annotated[
-        Path | None, typer.Option(help="Receiver model directory (default: bundled).")
-    ] = None,
-    sharer_model: Annotated[
-        Path | None, typer.Option(help="Sharer model directory (default: bundled).")
-    ] = None,
-    fuser: Annotated[
-        Path | None, typer.Option(help="Fuser checkpoint directory (default: bundled).")
-    ] = None,
+    receiver_model: ReceiverModelOption = None,
+    sharer_model: SharerModelOption = None,
+    fuser: FuserOption = None,
     receiver: Annotated[
         str | None,
         typer.Option(help="Benchmark a running receiver at HOST:PORT instead of starting both."),

@@ -25,7 +25,15 @@ import grpc
 import typer
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from c2c.local_pair import ServiceProcess, pair_paths, spawn_service, stop_services
+from c2c.local_pair import (
+    FuserOption,
+    ReceiverModelOption,
+    ServiceProcess,
+    SharerModelOption,
+    pair_paths,
+    spawn_service,
+    stop_services,
+)
 from protos import c2c_pb2, c2c_pb2_grpc
 
 TARGET_MEDIAN_RATIO = 1.03
@@ -233,15 +241,9 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
 
 
 def tracing_command(
-    receiver_model: Annotated[
-        Path | None, typer.Option(help="Receiver model directory (default: bundled).")
-    ] = None,
-    sharer_model: Annotated[
-        Path | None, typer.Option(help="Sharer model directory (default: bundled).")
-    ] = None,
-    fuser: Annotated[
-        Path | None, typer.Option(help="Fuser checkpoint directory (default: bundled).")
-    ] = None,
+    receiver_model: ReceiverModelOption = None,
+    sharer_model: SharerModelOption = None,
+    fuser: FuserOption = None,
     requests: Annotated[int, typer.Option(min=2, help="Timed requests per arm.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed requests per arm first.")] = 5,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per request.")] = 16,
