@@ -15,7 +15,6 @@ before a stream broke are put back to the receiver's own cache first.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ import torch
 from opentelemetry import trace
 from transformers import DynamicCache
 
+from c2c.active_requests import ActiveRequests
 from c2c.errors import (
     BadRequest,
     BadStream,
@@ -157,8 +157,7 @@ class ReceiverPipeline:
         self.settings = settings
         self.runner = ModelRunner(receiver.model)
         self._eos = eos_token_ids(receiver.model, receiver.tokenizer)
-        self._active = 0
-        self._active_lock = threading.Lock()
+        self._requests = ActiveRequests()
         self.readiness = C2CReadiness(False, "not checked yet")
 
     # -- state -------------------------------------------------------------------------------
@@ -166,11 +165,7 @@ class ReceiverPipeline:
     @property
     def active_requests(self) -> int:
         """Requests still holding model work or tensors (0 once every request is released)."""
-        return self._active
-
-    def _track(self, delta: int) -> None:
-        with self._active_lock:
-            self._active += delta
+        return self._requests.count
 
     def check_sharer(self) -> C2CReadiness:
         """Describe the sharer and check it is the model the fuser was trained for.
@@ -208,7 +203,7 @@ class ReceiverPipeline:
     ) -> Iterator[TextDelta]:
         """Answer ``request``, yielding text deltas as they decode; ``outcome`` holds the rest."""
         start = time.perf_counter()
-        self._track(+1)
+        self._requests.add(+1)
         status = "ok"
         with tracer.start_as_current_span("receiver.generate") as span:
             outcome.trace_id = current_trace_id()
@@ -248,7 +243,7 @@ class ReceiverPipeline:
                     fusion_ms=timings.fusion if outcome.mode_used == "c2c" else None,
                     bytes_on_wire=outcome.bytes_on_wire if uses_sharer else None,
                 )
-                self._track(-1)
+                self._requests.add(-1)
 
     def _generate(
         self,

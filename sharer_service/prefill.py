@@ -20,6 +20,7 @@ import torch
 from opentelemetry import trace
 from transformers import DynamicCache
 
+from c2c.active_requests import ActiveRequests
 from c2c.errors import BadRequest
 from c2c.generation import (
     GenerationResult,
@@ -239,17 +240,12 @@ class SharerPrefill:
         self.limits = limits
         self.runner = ModelRunner(loaded.model)
         self._eos = eos_token_ids(loaded.model, loaded.tokenizer)
-        self._active = 0
-        self._active_lock = threading.Lock()
+        self._requests = ActiveRequests()
 
     @property
     def active_requests(self) -> int:
         """Requests still holding model work or tensors (0 once every stream is released)."""
-        return self._active
-
-    def _track(self, delta: int) -> None:
-        with self._active_lock:
-            self._active += delta
+        return self._requests.count
 
     def _check_length(self, tokens: int, what: str) -> None:
         if tokens > self.limits.max_prompt_tokens:
@@ -281,7 +277,7 @@ class SharerPrefill:
     def stream(self, plan: PrefillPlan, is_cancelled: Callable[[], bool]) -> Iterator:
         """Header, the requested layers in order, trailer; stops as soon as ``is_cancelled``."""
         start = time.perf_counter()
-        self._track(+1)
+        self._requests.add(+1)
         canceller = _Canceller(is_cancelled)
         layer_stream = None
         with tracer.start_as_current_span("sharer.prefill") as span:
@@ -328,13 +324,13 @@ class SharerPrefill:
             finally:
                 if layer_stream is not None:
                     layer_stream.close()
-                self._track(-1)
+                self._requests.add(-1)
 
     def generate_text(
         self, plan: TextPlan, is_cancelled: Callable[[], bool]
     ) -> tuple[GenerationResult, int]:
         """Plain generation for the text-to-text baseline; also returns the prompt's tokens."""
-        self._track(+1)
+        self._requests.add(+1)
         try:
             ids = self.loaded.tokenizer(plan.prompt, return_tensors="pt").input_ids
             self._check_length(int(ids.shape[1]), "prompt")
@@ -353,4 +349,4 @@ class SharerPrefill:
                 pass
             return result, int(ids.shape[1])
         finally:
-            self._track(-1)
+            self._requests.add(-1)
