@@ -13,13 +13,15 @@ calls return the same object.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -29,7 +31,12 @@ from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.instrumentation.grpc import client_interceptor, filters, server_interceptor
+from opentelemetry.instrumentation.grpc import (
+    client_interceptor,
+    filters,
+    grpcext,
+    server_interceptor,
+)
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -42,7 +49,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import format_trace_id
+from opentelemetry.trace import SpanKind, format_trace_id
 from prometheus_client import start_http_server
 
 from c2c import __version__
@@ -362,9 +369,41 @@ def grpc_server_interceptor() -> grpc.ServerInterceptor:
 def intercept_client_channel(channel: grpc.Channel) -> grpc.Channel:
     """The channel with a client interceptor that opens a CLIENT span and sends its context."""
     # The instrumentation's interceptor speaks its own grpcext protocol, hence its wrapper.
-    return intercept_channel(
-        channel, client_interceptor(filter_=filters.negate(filters.health_check()))
-    )
+    return intercept_channel(channel, _client_interceptor())
+
+
+@functools.cache
+def _client_interceptor() -> grpcext.UnaryClientInterceptor:
+    """One interceptor for the process: building one looks a tracer up, and the receiver opens
+    a channel per Prefill stream, ahead of the sharer's work."""
+    return client_interceptor(filter_=filters.negate(filters.health_check()))
+
+
+_tracer = trace.get_tracer(__name__)
+
+
+@contextmanager
+def rpc_server_span(name: str) -> Iterator[trace.Span]:
+    """The span of this RPC's server side, named ``name``, current inside the block.
+
+    In a handler the instrumentation's SERVER span is current: it is renamed and used rather than
+    opening a second span under it that covers the same time (every span costs the request
+    tens of microseconds), so the caller's CLIENT span is the direct parent. Without one (a
+    direct call, tracing off) a span is started here. An exception escaping the block is
+    recorded on the span and sets status ERROR; the interceptor ends the span.
+    """
+    current = trace.get_current_span()
+    if (
+        isinstance(current, ReadableSpan)
+        and current.kind is SpanKind.SERVER
+        and current.is_recording()
+    ):
+        current.update_name(name)
+        with trace.use_span(current, end_on_exit=False):
+            yield current
+    else:
+        with _tracer.start_as_current_span(name) as span:
+            yield span
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from c2c.generation import (
 from c2c.generation import generate as decode_loop
 from c2c.kv_codec import ExpectedShape, codec_name
 from c2c.model_loading import LoadedModel, card_from_proto
-from c2c.telemetry import current_trace_id, record_fallback, record_request
+from c2c.telemetry import current_trace_id, record_fallback, record_request, rpc_server_span
 from fuser.alignment import tokenize_with_spans
 from fuser.checkpoint import check_pair
 from fuser.fuser import C2CFuser
@@ -205,7 +205,7 @@ class ReceiverPipeline:
         start = time.perf_counter()
         self._requests.add(+1)
         status = "ok"
-        with tracer.start_as_current_span("receiver.generate") as span:
+        with rpc_server_span("receiver.generate") as span:
             outcome.trace_id = current_trace_id()
             span.set_attributes({"c2c.mode": request.mode, "c2c.codec": codec_name(request.codec)})
             try:
@@ -416,16 +416,17 @@ class ReceiverPipeline:
                         )
                         elapsed = (time.perf_counter() - start) * 1e3
                         outcome.timings.fusion += elapsed
-                        key_gate, value_gate = fuser.hard_gates(receiver_layer)
-                        span.add_event(
-                            "layer",
-                            {
-                                "c2c.layer": receiver_layer,
-                                "c2c.sharer_layer": layer.layer,
-                                "c2c.gate": f"k={int(key_gate)},v={int(value_gate)}",
-                                "c2c.duration_ms": elapsed,
-                            },
-                        )
+                        if span.is_recording():  # reading the gates costs a tensor op
+                            key_gate, value_gate = fuser.hard_gates(receiver_layer)
+                            span.add_event(
+                                "layer",
+                                {
+                                    "c2c.layer": receiver_layer,
+                                    "c2c.sharer_layer": layer.layer,
+                                    "c2c.gate": f"k={int(key_gate)},v={int(value_gate)}",
+                                    "c2c.duration_ms": elapsed,
+                                },
+                            )
                 span.set_attribute("c2c.fused_layers", sorted(originals))
         except C2CError as error:
             for receiver_layer, (keys, values) in originals.items():

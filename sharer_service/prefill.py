@@ -33,6 +33,7 @@ from c2c.generation import (
 )
 from c2c.kv_codec import CodecSpec, KVStreamEncoder, codec_name
 from c2c.model_loading import LoadedModel
+from c2c.telemetry import rpc_server_span
 from fuser.alignment import align_positions
 from protos import c2c_pb2
 
@@ -190,9 +191,13 @@ class _LayerStream:
                         },
                     )
                 self._canceller.wait(self._forward_done)
-                span.set_attribute("c2c.raw_bytes", self._encoder.raw_bytes)
-                span.set_attribute("c2c.encoded_bytes", self._encoder.encoded_bytes)
-                span.set_attribute("c2c.encode_ms", self._encoder.encode_ms)
+                span.set_attributes(
+                    {
+                        "c2c.raw_bytes": self._encoder.raw_bytes,
+                        "c2c.encoded_bytes": self._encoder.encoded_bytes,
+                        "c2c.encode_ms": self._encoder.encode_ms,
+                    }
+                )
                 self._put(None)
             except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
                 self._fail(error)
@@ -280,7 +285,7 @@ class SharerPrefill:
         self._requests.add(+1)
         canceller = _Canceller(is_cancelled)
         layer_stream = None
-        with tracer.start_as_current_span("sharer.prefill") as span:
+        with rpc_server_span("sharer.prefill") as span:
             try:
                 input_ids, positions = self._aligned_inputs(plan)
                 tokenize_ms = (time.perf_counter() - start) * 1e3

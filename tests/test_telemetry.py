@@ -19,6 +19,7 @@ from c2c.benchmarks.tracing import otel_free_env
 from tests.otlp_receiver import (
     SPAN_KIND_CLIENT,
     SPAN_KIND_SERVER,
+    STATUS_ERROR,
     OtlpReceiver,
     ReceivedSpan,
     ancestors,
@@ -57,11 +58,11 @@ def test_both_processes_export_one_trace_over_otlp_grpc(collector: OtlpReceiver)
     spans = collector.wait_for_spans(lambda spans: "sharer.prefill" in by_name(spans))
     assert {span.trace_id for span in spans} == {trace_id}
     named = by_name(spans)
-    chain = ancestors(named["sharer.prefill"], spans)
-    client_span = next(span for span in chain if span.kind == SPAN_KIND_CLIENT)
-    server_span = next(span for span in chain if span.kind == SPAN_KIND_SERVER)
+    server_span = named["sharer.prefill"]  # the instrumentation's SERVER span, renamed
+    chain = ancestors(server_span, spans)
+    client_span = chain[0]
+    assert (client_span.kind, server_span.kind) == (SPAN_KIND_CLIENT, SPAN_KIND_SERVER)
     assert client_span.service == "demo-receiver" and server_span.service == "demo-sharer"
-    assert server_span.parent_id == client_span.span_id
     assert chain[-1] is named["receiver.generate"]
     assert named["kv.encode"].parent_id == named["sharer.prefill"].span_id
 
@@ -74,10 +75,10 @@ def test_a_callers_trace_context_is_honoured_by_the_server(collector: OtlpReceiv
     run_traced_pair(env, env, traceparent=f"00-{caller_trace}-{caller_span}-01")
 
     spans = collector.wait_for_spans(lambda spans: "sharer.prefill" in by_name(spans))
-    server_span = next(span for span in spans if span.kind == SPAN_KIND_SERVER)
+    server_span = by_name(spans)["sharer.prefill"]
+    assert server_span.kind == SPAN_KIND_SERVER
     assert server_span.trace_id == caller_trace
     assert server_span.parent_id == caller_span
-    assert by_name(spans)["sharer.prefill"].trace_id == caller_trace
 
 
 def test_resource_carries_service_version_model_host_and_otel_overrides(
@@ -176,6 +177,34 @@ def test_console_exporter_prints_spans() -> None:
     assert result.returncode == 0, result.stderr
     assert '"name": "kv.encode"' in result.stdout
     assert '"service.name": "c2c-sharer"' in result.stdout
+
+
+def test_rpc_server_span_outside_a_handler_starts_a_span_of_its_own(
+    collector: OtlpReceiver,
+) -> None:
+    env = otel_free_env(
+        OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint
+    )
+    result = run_python(
+        """
+        from opentelemetry import trace
+        from c2c.telemetry import rpc_server_span, setup_telemetry
+        telemetry = setup_telemetry("c2c-receiver")
+        with trace.get_tracer("t").start_as_current_span("caller"):
+            try:
+                with rpc_server_span("receiver.generate"):
+                    raise ValueError("boom")
+            except ValueError:
+                pass
+        telemetry.shutdown()
+        """,
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    named = by_name(collector.wait_for_spans(lambda spans: len(spans) == 2))
+    assert named["receiver.generate"].parent_id == named["caller"].span_id
+    assert named["receiver.generate"].status_code == STATUS_ERROR
+    assert named["receiver.generate"].event("exception") is not None
 
 
 def test_always_off_sampler_exports_nothing(collector: OtlpReceiver) -> None:

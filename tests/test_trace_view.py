@@ -37,7 +37,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
             OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_endpoint,
         )
         trace_id = run_traced_pair(env, env).strip()
-        collector.wait_for_spans(lambda spans: len(spans) == 8)
+        collector.wait_for_spans(lambda spans: len(spans) == 7)
         collector.write_otlp_json_lines(collectors)
     yield Recording(trace_id, ours, collectors)
 
@@ -82,16 +82,15 @@ def test_show_prints_the_tree_in_parent_child_order(recording: Recording, which:
     code, lines = show(str(getattr(recording, which)))
 
     assert code == 0, lines
-    assert lines[0].startswith(f"trace {recording.trace_id}  8 spans")
+    assert lines[0].startswith(f"trace {recording.trace_id}  7 spans")
     tree = [(row.depth, row.name, row.service) for row in rows(lines)]
     assert tree == [
         (0, "receiver.generate", "demo-receiver"),
         (1, "receiver.tokenize", "demo-receiver"),
         (1, DESCRIBE, "demo-receiver"),
-        (2, DESCRIBE, "demo-sharer"),
-        (3, "sharer.prefill", "demo-sharer"),
-        (4, "sharer.forward", "demo-sharer"),
-        (4, "kv.encode", "demo-sharer"),
+        (2, "sharer.prefill", "demo-sharer"),
+        (3, "sharer.forward", "demo-sharer"),
+        (3, "kv.encode", "demo-sharer"),
         (1, "decoding", "demo-receiver"),
     ]
 

@@ -131,12 +131,15 @@ def test_a_c2c_request_is_one_trace_over_both_services(c2c_request) -> None:
         assert named[name].service == "c2c-receiver", name
     for name in SHARER_SPANS:
         assert named[name].service == "c2c-sharer", name
+    # The instrumentation's SERVER spans are ours, renamed: the RPC's server side is one span.
+    assert named["receiver.generate"].kind == SPAN_KIND_SERVER
+    assert named["sharer.prefill"].kind == SPAN_KIND_SERVER
     chain = ancestors(named["sharer.prefill"], spans)
-    client = next(span for span in chain if span.kind == SPAN_KIND_CLIENT)
-    server = next(span for span in chain if span.kind == SPAN_KIND_SERVER)
-    assert (client.name, client.service) == ("/c2c.v1.Sharer/Prefill", "c2c-receiver")
-    assert (server.name, server.service) == ("/c2c.v1.Sharer/Prefill", "c2c-sharer")
+    client = chain[0]
+    assert (client.kind, client.name) == (SPAN_KIND_CLIENT, "/c2c.v1.Sharer/Prefill")
+    assert client.service == "c2c-receiver"
     assert client.parent_id == named["network.transfer"].span_id
+    assert named["kv.decode"].parent_id == client.span_id
     assert named["receiver.generate"] in chain
     assert named["sharer.forward"].parent_id == named["sharer.prefill"].span_id
     assert named["kv.encode"].parent_id == named["sharer.prefill"].span_id
@@ -250,9 +253,7 @@ def test_an_error_request_ends_its_spans_with_status_error(services: Services) -
         s for s in spans if s.name == "receiver.generate" and s.status_code == STATUS_ERROR
     )
     assert generate_span.event("exception") is not None
-    server = next(s for s in spans if s.span_id == generate_span.parent_id)
-    assert (server.kind, server.name) == (SPAN_KIND_SERVER, "/c2c.v1.Receiver/Generate")
-    assert server.status_code == STATUS_ERROR
+    assert generate_span.kind == SPAN_KIND_SERVER
 
 
 def test_a_callers_trace_context_is_honoured(services: Services) -> None:
@@ -269,6 +270,7 @@ def test_a_callers_trace_context_is_honoured(services: Services) -> None:
     )
     (server,) = [s for s in spans if s.parent_id == caller_span]
     assert (server.kind, server.service) == (SPAN_KIND_SERVER, "c2c-receiver")
+    assert server.name == "receiver.generate"
     assert server.trace_id == caller_trace
 
 

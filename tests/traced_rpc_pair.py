@@ -1,11 +1,12 @@
 """Two processes that talk gRPC with c2c.telemetry set up, for telemetry tests.
 
 ``python -m tests.traced_rpc_pair server`` serves Sharer.Describe through the telemetry server
-interceptor and opens ``sharer.prefill`` / ``kv.encode`` spans inside it; it prints its port and
-serves until stdin closes. ``python -m tests.traced_rpc_pair client PORT [TRACEPARENT]`` opens
-``receiver.generate`` and calls it through the telemetry client interceptor, or, given a W3C
-``traceparent``, calls with that header on a plain channel, as a foreign caller would. Each
-process exports as its ``OTEL_*`` environment says, like the real services.
+interceptor, names its SERVER span ``sharer.prefill`` and opens ``sharer.forward`` / ``kv.encode``
+inside it, as the sharer does; it prints its port and serves until stdin closes.
+``python -m tests.traced_rpc_pair client PORT [TRACEPARENT]`` opens ``receiver.generate`` and
+calls it through the telemetry client interceptor, or, given a W3C ``traceparent``, calls with
+that header on a plain channel, as a foreign caller would. Each process exports as its ``OTEL_*``
+environment says, like the real services.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from c2c.telemetry import (
     grpc_server_interceptor,
     intercept_client_channel,
     record_request,
+    rpc_server_span,
     setup_telemetry,
 )
 from protos import c2c_pb2, c2c_pb2_grpc
@@ -34,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 class TracedDescribe(c2c_pb2_grpc.SharerServicer):
     def Describe(self, request, context):  # noqa: N802 (gRPC method name)
-        with tracer.start_as_current_span("sharer.prefill", attributes={"c2c.layers": 2}):
+        with rpc_server_span("sharer.prefill") as span:
+            span.set_attribute("c2c.layers", 2)
             with tracer.start_as_current_span("sharer.forward"):
                 time.sleep(0.01)
             with tracer.start_as_current_span("kv.encode") as span:
