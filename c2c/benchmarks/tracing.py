@@ -4,7 +4,10 @@ Two complete deployments run at once on this machine, each a real sharer and rec
 one exports every span over OTLP/gRPC (batch processor, as in production) to a span sink in this
 process, the other runs with the OpenTelemetry SDK disabled. The same requests alternate between
 them (on/off, then off/on), so drift in machine load hits both arms alike; the result is the ratio
-of median end-to-end latencies seen by a client.
+of median end-to-end latencies seen by a client. The services get no ``OTEL_*`` settings beyond
+the exporter's, so the batch processor runs on the SDK's defaults (an export every 5 s, at most
+512 spans a batch). Load from other processes swamps the difference being measured, so the
+result carries the machine's load average from before the bench started anything.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ class TracingBenchResult:
     median_paired_ratio: float
     target_median_ratio: float
     meets_target: bool
+    # 1-minute load average before the bench started its services: other processes' load.
+    load_average_at_start: float
 
 
 class SpanSink(trace_service_pb2_grpc.TraceServiceServicer):
@@ -185,6 +190,7 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
     request = c2c_pb2.GenerateRequest(
         prompt=config.prompt, max_new_tokens=config.max_new_tokens, mode=c2c_pb2.MODE_C2C
     )
+    load_at_start = os.getloadavg()[0]
     with ExitStack() as stack:
         sink, sink_port = stack.enter_context(running_span_sink())
         on_port = stack.enter_context(
@@ -237,6 +243,7 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         ),
         target_median_ratio=TARGET_MEDIAN_RATIO,
         meets_target=ratio <= TARGET_MEDIAN_RATIO,
+        load_average_at_start=load_at_start,
     )
 
 
