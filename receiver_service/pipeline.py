@@ -52,6 +52,10 @@ from protos import c2c_pb2
 from receiver_service.request_validation import GenerationRequest, RequestLimits
 from receiver_service.sharer_client import SharerClient
 
+# Spans with no spans under them are started, not made current: attaching a context costs
+# every request and nothing inside looks the current span up. ``decoding`` is the exception:
+# it spans a generator, and a started span's own exit would record a client that went away
+# (GeneratorExit) as an error, which ``start_as_current_span`` does not.
 tracer = trace.get_tracer(__name__)
 
 TEXT_HINT_TEMPLATE = "Notes from another model about this request:\n{hint}\n\n"
@@ -291,7 +295,7 @@ class ReceiverPipeline:
     def _tokenize(
         self, request: GenerationRequest, with_notes: bool = False
     ) -> tuple[list[int], list, str]:
-        with tracer.start_as_current_span("receiver.tokenize") as span:
+        with tracer.start_span("receiver.tokenize") as span:
             tokenizer = self.receiver.tokenizer
             if request.prompt is not None:
                 text = request.prompt
@@ -322,7 +326,7 @@ class ReceiverPipeline:
         """The receiver's cache of positions 0..N-2 (the last token starts decoding)."""
         start = time.perf_counter()
         cache = self.runner.new_cache()
-        with tracer.start_as_current_span("receiver.prefill") as span:
+        with tracer.start_span("receiver.prefill") as span:
             span.set_attribute("c2c.positions", len(ids) - 1)
             if len(ids) > 1:
                 self.runner.fill_cache(torch.tensor([ids[:-1]]), cache)
@@ -401,7 +405,7 @@ class ReceiverPipeline:
         cache = None
         try:
             cache = self._own_prefill(ids, outcome)  # meanwhile the stream arrives
-            with tracer.start_as_current_span("fusion") as span:
+            with tracer.start_span("fusion") as span:
                 while (layer := self._next_layer(transfer, is_cancelled)) is not None:
                     for receiver_layer in targets[layer.layer]:
                         cached = cache.layers[receiver_layer]
