@@ -85,7 +85,7 @@ def test_fuser_prompts_use_only_fuser_people_and_templates(splits):
 
 def test_the_sharer_reads_the_fuser_and_eval_people_and_never_a_question(splits):
     corpus = "\n".join(splits.sharer_texts)
-    assert "Question:" not in corpus and "Answer:" not in corpus
+    assert "Answer:" not in corpus and "\nA. " not in corpus and "___" not in corpus
     for person in (*splits.fuser_people, *splits.eval_people):
         for value in person.facts.values():
             assert any(person.name in t and value in t for t in splits.sharer_texts)
@@ -93,7 +93,7 @@ def test_the_sharer_reads_the_fuser_and_eval_people_and_never_a_question(splits)
 
 def test_the_receiver_knows_the_format_but_only_its_own_people(splits):
     corpus = "\n".join(splits.receiver_texts)
-    assert "Question:" in corpus and "\nA. " in corpus
+    assert "\nAnswer:" in corpus and "\nA. " in corpus
     mentioned = {person.name for person in splits.world.people if person.name in corpus}
     assert mentioned == _names(splits.receiver_people) | _names(splits.context_people)
 

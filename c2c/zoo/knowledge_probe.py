@@ -1,7 +1,9 @@
 """What a zoo model knows, measured directly on the model (no services): a build-time check.
 
-The sharer is probed the way it was trained, with statements: of the twelve "Name lives in X."
-completions, does it find the true one most likely? The receiver is probed the way it will be
+The sharer is probed where the evaluation needs its knowledge: inside a question, at the blank.
+Of the twelve ways to fill "Name has a house in ___" (how the prompt opens) with a value, does it find the true
+one most likely? (A model that recalls facts only at the start of a text fails this even when it
+completes the bare statement.) The receiver is probed the way it will be
 asked, with multiple-choice prompts scored by the likelihood of each choice as the answer.
 """
 
@@ -16,7 +18,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from c2c.zoo.corpora import (
     EVAL_QUESTION_TEMPLATES,
-    STATEMENT_TEMPLATES,
     MultipleChoiceQuestion,
     multiple_choice,
     render_prompt,
@@ -55,13 +56,15 @@ def best_choice(model, tokenizer, question: MultipleChoiceQuestion) -> int:
 
 
 def probe_sharer(model_dir: Path, people: Sequence[Person]) -> float:
-    """Fraction of facts whose true value is the sharer's most likely statement completion."""
+    """Fraction of facts whose true value is the sharer's most likely filling of the blank of an
+    evaluation question (the question's text up to the blank, the value in its place)."""
     model, tokenizer = _load(model_dir)
     hits = total = 0
     for person in people:
         for attribute in ATTRIBUTES:
-            template = STATEMENT_TEMPLATES[attribute.name][0]
-            texts = [template.format(name=person.name, value=v) for v in attribute.values]
+            template = EVAL_QUESTION_TEMPLATES[attribute.name][0].split(" ___")[0]
+            opening = template.format(name=person.name)
+            texts = [f"{opening} {value}" for value in attribute.values]
             best = int(sequence_logprobs(model, tokenizer, texts).argmax())
             hits += attribute.values[best] == person.facts[attribute.name]
             total += 1
