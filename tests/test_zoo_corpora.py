@@ -77,7 +77,7 @@ def test_fuser_prompts_use_only_fuser_people_and_templates(splits):
     fuser_names = _names(splits.fuser_people)
     eval_templates = [t for group in EVAL_QUESTION_TEMPLATES.values() for t in group]
     for example in splits.fuser_examples:
-        question_line = example.prompt.splitlines()[0].removeprefix("Question: ")
+        question_line = example.prompt.splitlines()[0]
         subjects = [name for name in fuser_names if name in question_line]
         assert len(subjects) == 1
         assert not any(question_line == t.format(name=subjects[0]) for t in eval_templates)
