@@ -198,6 +198,12 @@ class SharerClient:
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.lb_policy_name", lb_policy),
+            # A Describe on a channel that is waiting out a reconnect backoff fails at once, so
+            # a receiver that started before its sharer would keep answering UNAVAILABLE for up
+            # to gRPC's default 120 s backoff after the sharer came up; retry every second.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channel = self._new_channel()
         self._stub = c2c_pb2_grpc.SharerStub(intercept_client_channel(self._channel))
