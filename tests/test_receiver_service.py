@@ -287,6 +287,8 @@ def test_sharer_unreachable_at_start_up_serves_receiver_only_and_recovers(
         assert receiver_only_ids(receiver.port)
         error = rpc_error(generate, receiver.port, prompt=PROMPT)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+        # A ten-second outage: gRPC's default reconnect backoff would by now have grown to ~6 s.
+        time.sleep(10)
         late_sharer = start_sharer(tiny_pair_dirs.llama_sharer, port=port)
 
         def c2c_answers() -> bool:
@@ -295,7 +297,7 @@ def test_sharer_unreachable_at_start_up_serves_receiver_only_and_recovers(
             except grpc.RpcError:
                 return False
 
-        assert wait_until(c2c_answers, timeout_s=20)
+        assert wait_until(c2c_answers, timeout_s=2.5), "c2c did not recover within 2.5 s"
     finally:
         receiver.stop(0)
         if late_sharer is not None:
