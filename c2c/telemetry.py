@@ -37,7 +37,6 @@ from opentelemetry.instrumentation.grpc import (
     grpcext,
     server_interceptor,
 )
-from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -369,7 +368,7 @@ def grpc_server_interceptor() -> grpc.ServerInterceptor:
 def intercept_client_channel(channel: grpc.Channel) -> grpc.Channel:
     """The channel with a client interceptor that opens a CLIENT span and sends its context."""
     # The instrumentation's interceptor speaks its own grpcext protocol, hence its wrapper.
-    return intercept_channel(channel, _client_interceptor())
+    return grpcext.intercept_channel(channel, _client_interceptor())
 
 
 @functools.cache

@@ -61,7 +61,7 @@ STATEMENT_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Questions are fill-in-the-blank statements: a value-final statement opening with a blank, so a
+# Questions are fill-in-the-blank statements: a statement whose value, last, is a blank, so a
 # model that knows the fact has the answer in mind at the blank, as a reader would. Per
 # attribute, two disjoint groups: the fuser trains on the first, the evaluation asks with the
 # second. The receiver drills on both (about other people).
@@ -75,7 +75,10 @@ EVAL_QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "town": ("{name} has a house in ___.", "The town {name} calls home is ___."),
     "trade": ("{name} earns a living as a ___.", "The trade {name} follows is ___."),
     "pet": ("At home, {name} looks after a ___.", "{name} owns a pet ___."),
-    "instrument": ("The instrument {name} plays is the ___.", "{name} is known for playing the ___."),
+    "instrument": (
+        "The instrument {name} plays is the ___.",
+        "{name} is known for playing the ___.",
+    ),
 }
 
 

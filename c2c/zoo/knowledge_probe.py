@@ -1,10 +1,10 @@
 """What a zoo model knows, measured directly on the model (no services): a build-time check.
 
 The sharer is probed where the evaluation needs its knowledge: inside a question, at the blank.
-Of the twelve ways to fill "Name has a house in ___" (how the prompt opens) with a value, does it find the true
-one most likely? (A model that recalls facts only at the start of a text fails this even when it
-completes the bare statement.) The receiver is probed the way it will be
-asked, with multiple-choice prompts scored by the likelihood of each choice as the answer.
+Of the twelve ways to fill "Name has a house in ___" (how the prompt opens) with a value, does it
+find the true one most likely? (A model that recalls facts only at the start of a text fails this
+even when it completes the bare statement.) The receiver is probed the way it will be asked, with
+multiple-choice prompts scored by the likelihood of each choice as the answer.
 """
 
 from __future__ import annotations
