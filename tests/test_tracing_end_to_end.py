@@ -315,3 +315,15 @@ def test_bench_tracing_times_both_arms_side_by_side(
     assert on["spans_exported"] >= 4 * len(RECEIVER_SPANS + SHARER_SPANS)
     assert off["spans_exported"] == 0
     assert report["median_ratio"] == pytest.approx(on["median_ms"] / off["median_ms"])
+    low, high = report["median_ratio_ci95"]
+    assert low <= report["median_ratio"] <= high
+
+
+def test_median_ratio_interval_is_as_wide_as_the_noise() -> None:
+    from c2c.benchmarks.tracing import median_ratio_interval
+
+    assert median_ratio_interval([110.0] * 50, [100.0] * 50) == pytest.approx((1.1, 1.1))
+    noisy = [60.0 + (i * 37) % 50 for i in range(50)]  # 60..109 ms, shuffled
+    low, high = median_ratio_interval(noisy, noisy)
+    assert low < 1.0 < high
+    assert high - low > 0.05

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import threading
 import time
@@ -85,6 +86,8 @@ class TracingBenchResult:
     median_ratio: float
     # Each on/off pair ran back to back; the median of their ratios resists slow load drift.
     median_paired_ratio: float
+    # 95% bootstrap interval of median_ratio (requests resampled): how far noise alone moves it.
+    median_ratio_ci95: tuple[float, float]
     target_median_ratio: float
     meets_target: bool
     # 1-minute load average before the bench started its services: other processes' load.
@@ -185,6 +188,19 @@ def _arm(tracing: str, latencies: list[float], spans: int) -> ArmResult:
     )
 
 
+def median_ratio_interval(
+    on: list[float], off: list[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of ``median(on) / median(off)``; each arm is resampled on its own."""
+    rng = random.Random(seed)
+    ratios = sorted(
+        statistics.median(rng.choices(on, k=len(on)))
+        / statistics.median(rng.choices(off, k=len(off)))
+        for _ in range(resamples)
+    )
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
 def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
     """Start both deployments, alternate ``config.requests`` C2C requests between them."""
     request = c2c_pb2.GenerateRequest(
@@ -241,6 +257,7 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         median_paired_ratio=statistics.median(
             a / b for a, b in zip(on.latencies_ms, off.latencies_ms, strict=True)
         ),
+        median_ratio_ci95=median_ratio_interval(on.latencies_ms, off.latencies_ms),
         target_median_ratio=TARGET_MEDIAN_RATIO,
         meets_target=ratio <= TARGET_MEDIAN_RATIO,
         load_average_at_start=load_at_start,
