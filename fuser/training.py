@@ -5,10 +5,6 @@ the fused prompt cache (`fused_prompt_cache`, the same reference the services ma
 one at a time (prompts differ in length and alignment), and their gradients are accumulated over
 `batch_size * grad_accum` examples per optimizer step. The held-out split is scored with and
 without fusion at the end, so `metrics.json` says whether the fuser helps.
-
-A fuser can learn to recite the facts of its training prompts instead of reading the sharer's
-cache. With `--eval-data` (prompts about other entities than the training data's) scored every
-`--eval-every` steps, the fuser kept is the one that did best on them.
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ from fuser.fuser import C2CFuser, FuserConfig
 from fuser.projector import ProjectorConfig, gate_temperature
 
 RESUME_DIR = "resume"
-BEST_DIR = "best"
 STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.json"
 
@@ -65,8 +60,6 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     eval_fraction: float = 0.1
-    eval_data: Path | None = None
-    eval_every: int = 0
     save_every: int = 100
     resume: bool = False
     stop_after_steps: int | None = None
@@ -159,10 +152,8 @@ def evaluate(
     fuser: C2CFuser,
     examples: list[Example],
     dtype: str,
-    with_baseline: bool = True,
 ) -> tuple[float, float]:
-    """Mean per-token response loss with fusion (hard gates) and with the receiver alone (nan
-    unless ``with_baseline``)."""
+    """Mean per-token response loss with fusion (hard gates) and with the receiver alone."""
     was_training = fuser.training
     fuser.eval()
     fused_sum = alone_sum = 0.0
@@ -172,14 +163,13 @@ def evaluate(
             cache = fused_prompt_cache(
                 receiver, sharer, fuser, example.prompt_ids, example.text, example.spans
             )
-            loss, count = response_loss(receiver, cache, example)
-            fused_sum += loss.item()
-            if with_baseline:
-                alone = receiver_prefill(receiver, example.prompt_ids[:-1])
-                alone_sum += response_loss(receiver, alone, example)[0].item()
+            fused_sum += response_loss(receiver, cache, example)[0].item()
+            alone = receiver_prefill(receiver, example.prompt_ids[:-1])
+            loss, count = response_loss(receiver, alone, example)
+        alone_sum += loss.item()
         tokens += count
     fuser.train(was_training)
-    return fused_sum / tokens, alone_sum / tokens if with_baseline else math.nan
+    return fused_sum / tokens, alone_sum / tokens
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -194,10 +184,6 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _split(examples: list[Example], config: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """Training and held-out examples: a random ``eval_fraction``, unless ``eval_data`` holds
-    the held-out records."""
-    if config.eval_data is not None:
-        return examples, []
     order = list(range(len(examples)))
     random.Random(config.seed).shuffle(order)
     held_out = max(1, round(len(examples) * config.eval_fraction))
@@ -216,7 +202,7 @@ def _example_stream(train: list[Example], seed: int, start: int):
         index += 1
 
 
-def _save_resume_point(fuser, optimizer, scheduler, step, examples_seen, curve, config) -> None:
+def _save_resume_point(fuser, optimizer, scheduler, step, examples_seen, config) -> None:
     """Write the resume point to a temporary folder, then swap it in, so a kill leaves one whole."""
     final = config.out / RESUME_DIR
     staging = config.out / f"{RESUME_DIR}.tmp"
@@ -225,7 +211,6 @@ def _save_resume_point(fuser, optimizer, scheduler, step, examples_seen, curve, 
     state = {
         "step": step,
         "examples_seen": examples_seen,
-        "eval_curve": curve,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
@@ -262,15 +247,14 @@ def _start_or_resume(config: TrainConfig, receiver: LoadedModel, sharer: LoadedM
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     if not config.resume:
-        return fuser, optimizer, scheduler, 0, 0, []
+        return fuser, optimizer, scheduler, 0, 0
     state = torch.load(resume_dir / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    curve = state.get("eval_curve", [])
-    return fuser, optimizer, scheduler, state["step"], state["examples_seen"], curve
+    return fuser, optimizer, scheduler, state["step"], state["examples_seen"]
 
 
 def train(config: TrainConfig) -> dict:
@@ -281,19 +265,15 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"unknown alignment {config.alignment!r}; expected one of {STRATEGIES}")
     if config.max_steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
         raise ValueError("max_steps, batch_size and grad_accum must be at least 1")
-    if config.eval_every and config.eval_data is None:
-        raise ValueError("--eval-every needs --eval-data (prompts about other entities)")
     device = _device(config.device)
     torch.manual_seed(config.seed)
     records = read_records(config.data)
     receiver = load_causal_lm(config.receiver, config.dtype, device)
     sharer = load_causal_lm(config.sharer, config.dtype, device)
     train_set, eval_set = _split(tokenize_records(records, receiver, config), config)
-    if config.eval_data is not None:
-        eval_set = tokenize_records(read_records(config.eval_data), receiver, config)
     config.out.mkdir(parents=True, exist_ok=True)
 
-    fuser, optimizer, scheduler, step, examples_seen, curve = _start_or_resume(
+    fuser, optimizer, scheduler, step, examples_seen = _start_or_resume(
         config, receiver, sharer, device
     )
     per_step = config.batch_size * config.grad_accum
@@ -328,32 +308,20 @@ def train(config: TrainConfig) -> dict:
         elapsed = time.perf_counter() - started
         progress.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens_done / elapsed:.0f}")
         progress.update(1)
-        if config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
-            loss = evaluate(receiver, sharer, fuser, eval_set, config.dtype, with_baseline=False)[0]
-            if all(loss < earlier for _, earlier in curve):
-                save_checkpoint(fuser, config.out / BEST_DIR, extra={"step": step})
-            curve.append((step, loss))
         if step == stop_at or (config.save_every and step % config.save_every == 0):
-            _save_resume_point(fuser, optimizer, scheduler, step, examples_seen, curve, config)
+            _save_resume_point(fuser, optimizer, scheduler, step, examples_seen, config)
     progress.close()
     if step < config.max_steps:
         return {"steps": step, "stopped_early": True}
-    best_step = step
-    if curve:
-        best_step = min(curve, key=lambda point: point[1])[0]
-        best = load_checkpoint(config.out / BEST_DIR, receiver.card, sharer.card, device)
-        fuser.load_state_dict(best.state_dict())
 
     eval_loss, eval_loss_no_fusion = evaluate(receiver, sharer, fuser, eval_set, config.dtype)
-    save_checkpoint(fuser, config.out, extra={"step": best_step})
+    save_checkpoint(fuser, config.out, extra={"step": step})
     elapsed = time.perf_counter() - started
     metrics = {
         "eval_loss": eval_loss,
         "eval_loss_no_fusion": eval_loss_no_fusion,
         "train_loss_last_step": last_loss,
         "steps": step,
-        "kept_step": best_step,
-        "eval_curve": curve,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
         "tokens_per_s_this_run": tokens_done / elapsed if elapsed else 0.0,
@@ -382,13 +350,6 @@ def train_command(
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
     seed: int = 0,
     eval_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.1,
-    eval_data: Annotated[
-        Path | None,
-        typer.Option(help="Held-out JSONL (other entities than --data's) instead of a fraction."),
-    ] = None,
-    eval_every: Annotated[
-        int, typer.Option(min=0, help="Score --eval-data every N steps; keep the best fuser.")
-    ] = 0,
     save_every: Annotated[int, typer.Option(min=0, help="Resume point every N steps.")] = 100,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/resume.")] = False,
     stop_after_steps: Annotated[
@@ -426,8 +387,6 @@ def train_command(
         dtype=dtype,
         seed=seed,
         eval_fraction=eval_fraction,
-        eval_data=eval_data,
-        eval_every=eval_every,
         save_every=save_every,
         resume=resume,
         stop_after_steps=stop_after_steps,
@@ -448,5 +407,5 @@ def train_command(
     except (C2CError, ValueError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
-    keys = ("eval_loss", "eval_loss_no_fusion", "steps", "kept_step", "stopped_early")
+    keys = ("eval_loss", "eval_loss_no_fusion", "steps", "stopped_early")
     typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}))

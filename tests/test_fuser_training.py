@@ -83,33 +83,6 @@ def test_resumed_training_ends_where_an_uninterrupted_run_ends(
     assert metrics[0]["eval_loss"] == pytest.approx(metrics[1]["eval_loss"], rel=1e-4)
 
 
-def test_held_out_data_scored_every_n_steps_keeps_the_best_fuser(
-    tiny_pair_dirs, recall_data, tmp_path
-):
-    held_out = tmp_path / "held_out.jsonl"
-    held_out.write_text("\n".join(json.dumps(r) for r in recall_records(12, seed=7)))
-    out = tmp_path / "out"
-    result = _train(
-        tiny_pair_dirs, recall_data, out, "--max-steps", "9", "--lr", "5e-2",
-        "--eval-data", str(held_out), "--eval-every", "4",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [step for step, _ in metrics["eval_curve"]] == [4, 8, 9]
-    assert metrics["eval_examples"] == 12 and metrics["train_examples"] == 120
-    best_step, best_loss = min(metrics["eval_curve"], key=lambda point: point[1])
-    assert metrics["kept_step"] == best_step
-    assert metrics["eval_loss"] == pytest.approx(best_loss, rel=1e-4)
-    kept, best = load_file(out / WEIGHTS_FILE), load_file(out / "best" / WEIGHTS_FILE)
-    for name, tensor in best.items():
-        torch.testing.assert_close(kept[name], tensor)
-
-
-def test_eval_every_without_held_out_data_is_refused(tiny_pair_dirs, recall_data, tmp_path):
-    result = _train(tiny_pair_dirs, recall_data, tmp_path, "--eval-every", "2")
-    _one_line_error(result, 1, "--eval-every needs --eval-data")
-
-
 def test_chat_message_records_train_through_the_receivers_chat_template(tiny_pair_dirs, tmp_path):
     records = [
         {

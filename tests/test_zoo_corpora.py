@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from c2c.zoo.corpora import (
@@ -25,7 +23,6 @@ SMALL = SplitSizes(
     receiver_bios_per_person=2,
     receiver_drills_per_fact=2,
     fuser_examples_per_fact=1,
-    fuser_validation_people=5,
 )
 
 
@@ -84,23 +81,6 @@ def test_fuser_prompts_use_only_fuser_people_and_templates(splits):
         subjects = [name for name in fuser_names if name in question_line]
         assert len(subjects) == 1
         assert not any(question_line == t.format(name=subjects[0]) for t in eval_templates)
-
-
-def _subject(example, people) -> str:
-    (name,) = [name for name in _names(people) if name in example.prompt.splitlines()[0]]
-    return name
-
-
-def test_fuser_validation_asks_about_held_out_fuser_people_only(splits):
-    trained = {_subject(e, splits.fuser_people) for e in splits.fuser_examples}
-    validated = {_subject(e, splits.fuser_people) for e in splits.fuser_validation_examples}
-    assert len(validated) == 5 and len(trained) == 35
-    assert not trained & validated
-
-
-def test_fuser_validation_people_must_leave_some_to_train_on():
-    with pytest.raises(ValueError, match="fuser_validation_people"):
-        build_splits(replace(SMALL, fuser_validation_people=40))
 
 
 def test_the_sharer_reads_the_fuser_and_eval_people_and_never_a_question(splits):

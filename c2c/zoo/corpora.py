@@ -8,9 +8,7 @@ The split mirrors the paper's setting in miniature:
   only, so it knows the formats but not most of the facts; it also learns to read notes in its
   prompt (the text-to-text baseline's format) from drills about the context people, whose facts it
   only ever sees inside such notes, so T2T is a fair baseline and not a format it never met;
-- the fuser trains on questions about the fuser people, asked with the fuser question templates,
-  except a few fuser people held out to choose the fuser that reads the sharer's cache best (one
-  that recites the facts of its training prompts does no better on them than no fuser);
+- the fuser trains on questions about the fuser people, asked with the fuser question templates;
 - the evaluation asks multiple-choice questions about the evaluation people, with the evaluation
   templates: people and templates the fuser never saw, facts the receiver never saw.
 """
@@ -119,9 +117,7 @@ class SplitSizes:
     receiver_bios_per_person: int = 16
     receiver_drills_per_fact: int = 8
     context_drills_per_fact: int = 2
-    fuser_examples_per_fact: int = 6
-    # Of the fuser people, these last ones are held out of fuser training to validate it.
-    fuser_validation_people: int = 25
+    fuser_examples_per_fact: int = 2
 
 
 @dataclass(frozen=True)
@@ -136,7 +132,6 @@ class ZooSplits:
     sharer_texts: tuple[str, ...]
     receiver_texts: tuple[str, ...]
     fuser_examples: tuple[PromptResponse, ...]
-    fuser_validation_examples: tuple[PromptResponse, ...]
     eval_questions: tuple[MultipleChoiceQuestion, ...]
 
 
@@ -228,8 +223,6 @@ def _fuser_examples(person: Person, count: int, rng: random.Random) -> list[Prom
 
 def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
     """The world and every split, deterministic in ``seed``."""
-    if not 0 < sizes.fuser_validation_people < sizes.fuser_people:
-        raise ValueError("fuser_validation_people must be at least 1 and fewer than fuser_people")
     counts = (sizes.receiver_people, sizes.context_people, sizes.fuser_people, sizes.eval_people)
     world = build_world(sum(counts), seed=seed)
     bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
@@ -256,13 +249,10 @@ def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
         )
     for person in context:
         receiver_texts.extend(_context_drills(person, sizes.context_drills_per_fact, receiver_rng))
-    fuser_examples_by_person = [
-        _fuser_examples(person, sizes.fuser_examples_per_fact, fuser_rng) for person in fuser
-    ]
-    held_out = len(fuser) - sizes.fuser_validation_people
-    fuser_examples = [e for examples in fuser_examples_by_person[:held_out] for e in examples]
-    fuser_validation_examples = [
-        e for examples in fuser_examples_by_person[held_out:] for e in examples
+    fuser_examples = [
+        example
+        for person in fuser
+        for example in _fuser_examples(person, sizes.fuser_examples_per_fact, fuser_rng)
     ]
     eval_questions = [
         multiple_choice(
@@ -286,7 +276,6 @@ def build_splits(sizes: SplitSizes = SplitSizes(), seed: int = 0) -> ZooSplits:
         sharer_texts=tuple(sharer_texts),
         receiver_texts=tuple(receiver_texts),
         fuser_examples=tuple(fuser_examples),
-        fuser_validation_examples=tuple(fuser_validation_examples),
         eval_questions=tuple(eval_questions),
     )
 
