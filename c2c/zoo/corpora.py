@@ -117,7 +117,7 @@ class SplitSizes:
     receiver_bios_per_person: int = 16
     receiver_drills_per_fact: int = 8
     context_drills_per_fact: int = 2
-    fuser_examples_per_fact: int = 2
+    fuser_examples_per_fact: int = 6
 
 
 @dataclass(frozen=True)
