@@ -315,6 +315,7 @@ def test_bench_tracing_times_both_arms_side_by_side(
     assert on["spans_exported"] >= 4 * len(RECEIVER_SPANS + SHARER_SPANS)
     assert off["spans_exported"] == 0
     assert report["median_ratio"] == pytest.approx(on["median_ms"] / off["median_ms"])
+    assert 0 < report["new_tokens_median"] <= report["max_new_tokens"]
     low, high = report["median_ratio_ci95"]
     assert low <= report["median_ratio"] <= high
 

@@ -41,7 +41,9 @@ from c2c.local_pair import (
 from protos import c2c_pb2, c2c_pb2_grpc
 
 TARGET_MEDIAN_RATIO = 1.03
-DEFAULT_PROMPT = "Which planet is the largest in the solar system, and why is it so big?"
+# A prompt the bundled receiver answers at length (a question it can answer in one word makes it
+# stop after one token, and the bench would time a far shorter request than it says).
+DEFAULT_PROMPT = "Tell me about the people of the town."
 
 
 @dataclass
@@ -80,6 +82,9 @@ class TracingBenchResult:
     requests: int
     mode: str
     max_new_tokens: int
+    # Tokens the replies actually carried (the median): fewer than max_new_tokens means the
+    # model stopped early and each request was shorter than asked.
+    new_tokens_median: float
     torch_threads_per_service: str
     tracing_on: ArmResult
     tracing_off: ArmResult
@@ -169,10 +174,13 @@ def deployment(config: TracingBenchConfig, name: str, otel: dict[str, str]) -> I
         stop_services(started)
 
 
-def _timed_generate(stub: c2c_pb2_grpc.ReceiverStub, request: c2c_pb2.GenerateRequest) -> float:
+def _timed_generate(
+    stub: c2c_pb2_grpc.ReceiverStub, request: c2c_pb2.GenerateRequest
+) -> tuple[float, int]:
+    """Latency in milliseconds and the number of tokens generated."""
     start = time.perf_counter()
-    stub.Generate(request, timeout=120)
-    return (time.perf_counter() - start) * 1e3
+    reply = stub.Generate(request, timeout=120)
+    return (time.perf_counter() - start) * 1e3, len(reply.token_ids)
 
 
 def _arm(tracing: str, latencies: list[float], spans: int) -> ArmResult:
@@ -233,10 +241,13 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
             for stub in stubs.values():
                 _timed_generate(stub, request)
         latencies: dict[str, list[float]] = {"on": [], "off": []}
+        new_tokens: list[int] = []
         for index in range(config.requests):
             order = ("on", "off") if index % 2 == 0 else ("off", "on")
             for arm in order:
-                latencies[arm].append(_timed_generate(stubs[arm], request))
+                latency, tokens = _timed_generate(stubs[arm], request)
+                latencies[arm].append(latency)
+                new_tokens.append(tokens)
         # The batch processor exports every 5 s by default; stopping the services flushes it.
     on = _arm("otlp/grpc, batch processor", latencies["on"], sink.spans_from("traced"))
     off = _arm("OTEL_SDK_DISABLED=true", latencies["off"], sink.spans_from("untraced"))
@@ -250,6 +261,7 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         requests=config.requests,
         mode="c2c",
         max_new_tokens=config.max_new_tokens,
+        new_tokens_median=statistics.median(new_tokens),
         torch_threads_per_service=os.environ.get("OMP_NUM_THREADS", str(config.torch_threads)),
         tracing_on=on,
         tracing_off=off,
