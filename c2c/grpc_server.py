@@ -46,7 +46,8 @@ class RunningServer:
             self.health_server.stop(0).wait()
 
     def wait_for_signal(self, grace_s: float = 5.0) -> None:
-        """Block until SIGTERM or SIGINT, then stop gracefully and flush telemetry."""
+        """Freeze what start-up loaded out of the garbage collector's reach, block until SIGTERM
+        or SIGINT, then stop gracefully and flush telemetry."""
         # What start-up loaded (torch, transformers, the models: ~400k objects) lives as long as
         # the process; a full collection would walk all of it (170 ms on the bundled receiver)
         # in the middle of some request. Frozen, full collections only see requests' garbage.
