@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -52,6 +52,7 @@ from opentelemetry.trace import SpanKind, format_trace_id
 from prometheus_client import start_http_server
 
 from c2c import __version__
+from c2c.deferred_spans import deferring_leaf_spans
 
 _logger = logging.getLogger(__name__)
 
@@ -382,7 +383,9 @@ _tracer = trace.get_tracer(__name__)
 
 
 @contextmanager
-def rpc_server_span(name: str) -> Iterator[trace.Span]:
+def rpc_server_span(
+    name: str, after_rpc: Callable[[Callable[[], None]], bool] | None = None
+) -> Iterator[trace.Span]:
     """The span of this RPC's server side, named ``name``, current inside the block.
 
     In a handler the instrumentation's SERVER span is current: it is renamed and used rather than
@@ -390,6 +393,9 @@ def rpc_server_span(name: str) -> Iterator[trace.Span]:
     tens of microseconds), so the caller's CLIENT span is the direct parent. Without one (a
     direct call, tracing off) a span is started here. An exception escaping the block is
     recorded on the span and sets status ERROR; the interceptor ends the span.
+
+    Leaf spans opened inside (``leaf_span``) are built by ``after_rpc``'s callback: pass the
+    ``ServicerContext``'s ``add_callback`` to build them once the RPC has completed.
     """
     current = trace.get_current_span()
     if (
@@ -398,10 +404,10 @@ def rpc_server_span(name: str) -> Iterator[trace.Span]:
         and current.is_recording()
     ):
         current.update_name(name)
-        with trace.use_span(current, end_on_exit=False):
+        with trace.use_span(current, end_on_exit=False), deferring_leaf_spans(after_rpc):
             yield current
     else:
-        with _tracer.start_as_current_span(name) as span:
+        with _tracer.start_as_current_span(name) as span, deferring_leaf_spans(after_rpc):
             yield span
 
 

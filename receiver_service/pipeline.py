@@ -24,6 +24,7 @@ from opentelemetry import trace
 from transformers import DynamicCache
 
 from c2c.active_requests import ActiveRequests
+from c2c.deferred_spans import leaf_span
 from c2c.errors import (
     BadRequest,
     BadStream,
@@ -51,12 +52,6 @@ from fuser.graph_runner import DEFAULT_BUCKETS, FusionGraphRunner
 from protos import c2c_pb2
 from receiver_service.request_validation import GenerationRequest, RequestLimits
 from receiver_service.sharer_client import SharerClient
-
-# Spans with no spans under them are started, not made current: attaching a context costs
-# every request and nothing inside looks the current span up. ``decoding`` is the exception:
-# it spans a generator, and a started span's own exit would record a client that went away
-# (GeneratorExit) as an error, which ``start_as_current_span`` does not.
-tracer = trace.get_tracer(__name__)
 
 TEXT_HINT_TEMPLATE = "Notes from another model about this request:\n{hint}\n\n"
 """How the text mode hands the sharer's answer to the receiver: prepended to a raw prompt, or to
@@ -204,12 +199,17 @@ class ReceiverPipeline:
         outcome: Outcome,
         is_cancelled: Callable[[], bool] = lambda: False,
         time_remaining: Callable[[], float | None] = lambda: None,
+        after_rpc: Callable[[Callable[[], None]], bool] | None = None,
     ) -> Iterator[TextDelta]:
-        """Answer ``request``, yielding text deltas as they decode; ``outcome`` holds the rest."""
+        """Answer ``request``, yielding text deltas as they decode; ``outcome`` holds the rest.
+
+        ``after_rpc`` (the RPC's ``add_callback``) builds the request's leaf spans once the
+        reply has gone; without it they are built as the request ends.
+        """
         start = time.perf_counter()
         self._requests.add(+1)
         status = "ok"
-        with rpc_server_span("receiver.generate") as span:
+        with rpc_server_span("receiver.generate", after_rpc) as span:
             outcome.trace_id = current_trace_id()
             span.set_attributes({"c2c.mode": request.mode, "c2c.codec": codec_name(request.codec)})
             try:
@@ -295,7 +295,7 @@ class ReceiverPipeline:
     def _tokenize(
         self, request: GenerationRequest, with_notes: bool = False
     ) -> tuple[list[int], list, str]:
-        with tracer.start_span("receiver.tokenize") as span:
+        with leaf_span("receiver.tokenize") as span:
             tokenizer = self.receiver.tokenizer
             if request.prompt is not None:
                 text = request.prompt
@@ -326,7 +326,7 @@ class ReceiverPipeline:
         """The receiver's cache of positions 0..N-2 (the last token starts decoding)."""
         start = time.perf_counter()
         cache = self.runner.new_cache()
-        with tracer.start_span("receiver.prefill") as span:
+        with leaf_span("receiver.prefill") as span:
             span.set_attribute("c2c.positions", len(ids) - 1)
             if len(ids) > 1:
                 self.runner.fill_cache(torch.tensor([ids[:-1]]), cache)
@@ -405,7 +405,7 @@ class ReceiverPipeline:
         cache = None
         try:
             cache = self._own_prefill(ids, outcome)  # meanwhile the stream arrives
-            with tracer.start_span("fusion") as span:
+            with leaf_span("fusion") as span:
                 while (layer := self._next_layer(transfer, is_cancelled)) is not None:
                     for receiver_layer in targets[layer.layer]:
                         cached = cache.layers[receiver_layer]
@@ -509,7 +509,7 @@ class ReceiverPipeline:
         request_start: float,
     ) -> Iterator[TextDelta]:
         decode_start = time.perf_counter()
-        with tracer.start_as_current_span("decoding") as span:
+        with leaf_span("decoding") as span:
             stop = StopRule(request.max_new_tokens, self._eos, request.stop_strings)
             result = outcome.generation
             yield from decode_loop(

@@ -102,6 +102,7 @@ class ReceiverServicer:
             outcome,
             is_cancelled=lambda: not context.is_active(),
             time_remaining=_time_remaining(context),
+            after_rpc=context.add_callback,
         )
 
     def Generate(

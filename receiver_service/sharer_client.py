@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import trace
 
+from c2c.deferred_spans import leaf_span
 from c2c.errors import (
     BadRequest,
     BadStream,
@@ -28,8 +29,8 @@ from c2c.kv_codec import ExpectedShape, KVStreamDecoder
 from c2c.telemetry import intercept_client_channel
 from protos import c2c_pb2, c2c_pb2_grpc
 
-# Spans with no spans under them are started, not made current: attaching a context costs
-# every request and nothing inside looks the current span up.
+# ``network.transfer`` is a live span, started, not made current (attaching a context costs every
+# request): the Prefill call's CLIENT span, whose context goes to the sharer, is its child.
 tracer = trace.get_tracer(__name__)
 
 _MAX_MESSAGE_BYTES = 64 << 20
@@ -98,7 +99,7 @@ class KVTransfer:
                 messages = iter(self._call)
                 # The first read starts the RPC, so its client span is a child of this one.
                 first = next(messages, None)
-                with tracer.start_span("kv.decode") as decode_span:
+                with leaf_span("kv.decode") as decode_span:
                     try:
                         if first is not None:
                             self._decode(first, decode_span)

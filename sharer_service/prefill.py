@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from opentelemetry import trace
 from transformers import DynamicCache
 
 from c2c.active_requests import ActiveRequests
+from c2c.deferred_spans import leaf_span
 from c2c.errors import BadRequest
 from c2c.generation import (
     GenerationResult,
@@ -36,10 +36,6 @@ from c2c.model_loading import LoadedModel
 from c2c.telemetry import rpc_server_span
 from fuser.alignment import align_positions
 from protos import c2c_pb2
-
-# Spans with no spans under them are started, not made current: attaching a context costs
-# every request and nothing inside looks the current span up.
-tracer = trace.get_tracer(__name__)
 
 # Messages the encoder may run ahead of the network: bounds memory to a few MiB per request.
 _QUEUE_MESSAGES = 8
@@ -144,7 +140,7 @@ class _LayerStream:
 
     def _forward(self) -> None:
         start = time.perf_counter()
-        with tracer.start_span("sharer.forward") as span:
+        with leaf_span("sharer.forward") as span:
             span.set_attributes(
                 {
                     "c2c.sharer_tokens": int(self._input_ids.shape[1]),
@@ -172,7 +168,7 @@ class _LayerStream:
         return key, value
 
     def _encode(self) -> None:
-        with tracer.start_span("kv.encode") as span:
+        with leaf_span("kv.encode") as span:
             span.set_attribute("c2c.codec", codec_name(self._encoder.spec.codec))
             try:
                 for layer in self._layers:
@@ -281,13 +277,21 @@ class SharerPrefill:
             return torch.tensor([ids]), None
         return torch.tensor([ids]), torch.tensor(positions, device=self.runner.device)
 
-    def stream(self, plan: PrefillPlan, is_cancelled: Callable[[], bool]) -> Iterator:
-        """Header, the requested layers in order, trailer; stops as soon as ``is_cancelled``."""
+    def stream(
+        self,
+        plan: PrefillPlan,
+        is_cancelled: Callable[[], bool],
+        after_rpc: Callable[[Callable[[], None]], bool] | None = None,
+    ) -> Iterator:
+        """Header, the requested layers in order, trailer; stops as soon as ``is_cancelled``.
+
+        ``after_rpc`` (the RPC's ``add_callback``) builds the leaf spans once the stream is over.
+        """
         start = time.perf_counter()
         self._requests.add(+1)
         canceller = _Canceller(is_cancelled)
         layer_stream = None
-        with rpc_server_span("sharer.prefill") as span:
+        with rpc_server_span("sharer.prefill", after_rpc) as span:
             try:
                 input_ids, positions = self._aligned_inputs(plan)
                 tokenize_ms = (time.perf_counter() - start) * 1e3

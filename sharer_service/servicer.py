@@ -28,7 +28,9 @@ class SharerServicer(c2c_pb2_grpc.SharerServicer):
         self, request: c2c_pb2.PrefillRequest, context: grpc.ServicerContext
     ) -> Iterator[c2c_pb2.KVMessage]:
         plan = prefill_plan(request, self.prefill.limits, self.prefill.loaded.card.num_layers)
-        yield from self.prefill.stream(plan, is_cancelled=lambda: not context.is_active())
+        yield from self.prefill.stream(
+            plan, is_cancelled=lambda: not context.is_active(), after_rpc=context.add_callback
+        )
 
     def GenerateText(
         self, request: c2c_pb2.GenerateTextRequest, context: grpc.ServicerContext

@@ -6,6 +6,7 @@ be compared for equality with the in-process reference (``fuser.fused_prefill``)
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,12 +223,20 @@ def recorded_spans() -> InMemorySpanExporter:
     return exporter
 
 
-def spans_of(exporter: InMemorySpanExporter, trace_id: str) -> dict[str, list]:
-    found: dict[str, list] = {}
-    for span in exporter.get_finished_spans():
-        if format_trace_id(span.context.trace_id) == trace_id:
-            found.setdefault(span.name, []).append(span)
-    return found
+def spans_of(
+    exporter: InMemorySpanExporter, trace_id: str, expected: tuple[str, ...] = ()
+) -> dict[str, list]:
+    """The trace's finished spans by name, once ``expected`` are all there (or 10 s have passed):
+    leaf spans are built after their RPC completes, a moment after the reply reaches us."""
+    deadline = time.monotonic() + 10
+    while True:
+        found: dict[str, list] = {}
+        for span in exporter.get_finished_spans():
+            if format_trace_id(span.context.trace_id) == trace_id:
+                found.setdefault(span.name, []).append(span)
+        if all(name in found for name in expected) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 def is_descendant(span, ancestor, by_id: dict) -> bool:
@@ -244,8 +253,7 @@ def test_one_request_is_one_trace_with_every_span_of_both_services(
     deployment: Deployment, recorded_spans: InMemorySpanExporter
 ) -> None:
     reply = generate(deployment.stub(), PROMPTS[0])
-    spans = spans_of(recorded_spans, reply.trace_id)
-    required = [
+    required = (
         "receiver.generate",
         "receiver.tokenize",
         "receiver.prefill",
@@ -256,7 +264,8 @@ def test_one_request_is_one_trace_with_every_span_of_both_services(
         "sharer.prefill",
         "sharer.forward",
         "kv.encode",
-    ]
+    )
+    spans = spans_of(recorded_spans, reply.trace_id, required)
     assert all(name in spans for name in required), sorted(spans)
     by_id = {s.context.span_id: s for group in spans.values() for s in group}
     (transfer,) = spans["network.transfer"]

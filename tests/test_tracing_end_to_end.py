@@ -328,3 +328,13 @@ def test_median_ratio_interval_is_as_wide_as_the_noise() -> None:
     low, high = median_ratio_interval(noisy, noisy)
     assert low < 1.0 < high
     assert high - low > 0.05
+
+
+def test_paired_median_ratio_cancels_the_order_within_pairs() -> None:
+    from c2c.benchmarks.tracing import paired_median_ratio
+
+    # True ratio 1.02; whichever request runs second in its pair is 3% slower, the orders
+    # alternating ("on" first in even pairs) as the bench runs them.
+    off = [100.0 + (i * 17) % 30 for i in range(40)]
+    on = [base * 1.02 * (1 / 1.03 if i % 2 == 0 else 1.03) for i, base in enumerate(off)]
+    assert paired_median_ratio(on, off) == pytest.approx(1.02)
