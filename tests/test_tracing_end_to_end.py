@@ -305,14 +305,15 @@ def test_bench_tracing_times_both_arms_side_by_side(
         app,
         ["bench", "tracing", "--receiver-model", str(tiny_pair_dirs.receiver)]
         + ["--sharer-model", str(tiny_pair_dirs.llama_sharer), "--fuser", str(fuser)]
-        + ["--requests", "4", "--warmup", "1", "--json", "--out", str(out)],
+        + ["--requests", "5", "--warmup", "1", "--rounds", "2", "--json", "--out", str(out)],
     )
 
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     on, off = report["tracing_on"], report["tracing_off"]
-    assert len(on["latencies_ms"]) == len(off["latencies_ms"]) == 4
-    assert on["spans_exported"] >= 4 * len(RECEIVER_SPANS + SHARER_SPANS)
+    assert len(on["latencies_ms"]) == len(off["latencies_ms"]) == 5  # 3 + 2 over two rounds
+    assert report["rounds"] == 2
+    assert on["spans_exported"] >= 5 * len(RECEIVER_SPANS + SHARER_SPANS)
     assert off["spans_exported"] == 0
     assert report["median_ratio"] == pytest.approx(on["median_ms"] / off["median_ms"])
     assert 0 < report["new_tokens_median"] <= report["max_new_tokens"]

@@ -4,7 +4,8 @@ Two complete deployments run at once on this machine, each a real sharer and rec
 one exports every span over OTLP/gRPC (batch processor, as in production) to a span sink in this
 process, the other runs with the OpenTelemetry SDK disabled. The same requests alternate between
 them (on/off, then off/on), so drift in machine load hits both arms alike; the result is the ratio
-of median end-to-end latencies seen by a client. The services get no ``OTEL_*`` settings beyond
+of median end-to-end latencies seen by a client. Each round (``rounds``) starts fresh deployments,
+the other one first, so neither arm always gets the first-started processes. The services get no ``OTEL_*`` settings beyond
 the exporter's, so the batch processor runs on the SDK's defaults (an export every 5 s, at most
 512 spans a batch). Load from other processes swamps the difference being measured, so the
 result carries the machine's load average from before the bench started anything.
@@ -63,6 +64,8 @@ class TracingBenchConfig:
     # request's leaf spans, see c2c.deferred_spans) runs before the other arm's request and not
     # during it, which would slow the untraced arm and flatter the ratio.
     gap_ms: float = 10.0
+    # Fresh deployments per round, started in the other order each time.
+    rounds: int = 2
     # One intra-op thread per service: four services on a small CPU machine otherwise fight over
     # cores, and that noise dwarfs what tracing costs. Both arms get the same.
     torch_threads: int = 1
@@ -88,6 +91,7 @@ class TracingBenchResult:
     mode: str
     max_new_tokens: int
     gap_ms: float
+    rounds: int
     # Tokens the replies actually carried (the median): fewer than max_new_tokens means the
     # model stopped early and each request was shorter than asked.
     new_tokens_median: float
@@ -232,41 +236,42 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         prompt=config.prompt, max_new_tokens=config.max_new_tokens, mode=c2c_pb2.MODE_C2C
     )
     load_at_start = os.getloadavg()[0]
-    with ExitStack() as stack:
-        sink, sink_port = stack.enter_context(running_span_sink())
-        on_port = stack.enter_context(
-            deployment(
-                config,
-                "traced",
-                {
-                    "OTEL_TRACES_EXPORTER": "otlp",
-                    "OTEL_METRICS_EXPORTER": "none",
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-                },
-            )
-        )
-        off_port = stack.enter_context(
-            deployment(
-                config, "untraced", {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "none"}
-            )
-        )
-        stubs = {
-            arm: c2c_pb2_grpc.ReceiverStub(stack.enter_context(grpc.insecure_channel(target)))
-            for arm, target in (("on", f"127.0.0.1:{on_port}"), ("off", f"127.0.0.1:{off_port}"))
-        }
-        for _ in range(config.warmup):
-            for stub in stubs.values():
-                _timed_generate(stub, request)
-        latencies: dict[str, list[float]] = {"on": [], "off": []}
-        new_tokens: list[int] = []
-        for index in range(config.requests):
-            order = ("on", "off") if index % 2 == 0 else ("off", "on")
-            for arm in order:
-                time.sleep(config.gap_ms / 1e3)
-                latency, tokens = _timed_generate(stubs[arm], request)
-                latencies[arm].append(latency)
-                new_tokens.append(tokens)
-        # The batch processor exports every 5 s by default; stopping the services flushes it.
+    arms = {
+        "on": ("traced", {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none"}),
+        "off": ("untraced", {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "none"}),
+    }
+    latencies: dict[str, list[float]] = {"on": [], "off": []}
+    new_tokens: list[int] = []
+    pair_index = 0
+    with running_span_sink() as (sink, sink_port):
+        arms["on"][1]["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+        for round_index in range(config.rounds):
+            # The deployment started first ran about 1% slower in A/A runs: alternate it.
+            start_order = ("on", "off") if round_index % 2 == 0 else ("off", "on")
+            pairs = config.requests // config.rounds
+            pairs += 1 if round_index < config.requests % config.rounds else 0
+            with ExitStack() as stack:
+                ports = {
+                    arm: stack.enter_context(deployment(config, *arms[arm])) for arm in start_order
+                }
+                stubs = {
+                    arm: c2c_pb2_grpc.ReceiverStub(
+                        stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+                    )
+                    for arm, port in ports.items()
+                }
+                for _ in range(config.warmup):
+                    for stub in stubs.values():
+                        _timed_generate(stub, request)
+                for _ in range(pairs):
+                    order = ("on", "off") if pair_index % 2 == 0 else ("off", "on")
+                    pair_index += 1
+                    for arm in order:
+                        time.sleep(config.gap_ms / 1e3)
+                        latency, tokens = _timed_generate(stubs[arm], request)
+                        latencies[arm].append(latency)
+                        new_tokens.append(tokens)
+            # The batch processor exports every 5 s by default; stopping the services flushes it.
     on = _arm("otlp/grpc, batch processor", latencies["on"], sink.spans_from("traced"))
     off = _arm("OTEL_SDK_DISABLED=true", latencies["off"], sink.spans_from("untraced"))
     ratio = on.median_ms / off.median_ms
@@ -274,12 +279,14 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         compared=(
             "end-to-end Generate latency from a client: sharer+receiver exporting spans over OTLP "
             "to a local sink vs the same pair with the OpenTelemetry SDK disabled, "
-            "requests alternating between them, each after gap_ms idle"
+            "requests alternating between them, each after gap_ms idle; fresh deployments "
+            "each round, started in the other order"
         ),
         requests=config.requests,
         mode="c2c",
         max_new_tokens=config.max_new_tokens,
         gap_ms=config.gap_ms,
+        rounds=config.rounds,
         new_tokens_median=statistics.median(new_tokens),
         torch_threads_per_service=os.environ.get("OMP_NUM_THREADS", str(config.torch_threads)),
         tracing_on=on,
@@ -303,6 +310,9 @@ def tracing_command(
     gap_ms: Annotated[
         float, typer.Option(min=0, help="Idle milliseconds before each timed request.")
     ] = 10.0,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Fresh deployments this many times, start order swapped.")
+    ] = 2,
     torch_threads: Annotated[
         int, typer.Option(min=1, help="OMP_NUM_THREADS of each service (unless already set).")
     ] = 1,
@@ -323,6 +333,7 @@ def tracing_command(
         warmup=warmup,
         max_new_tokens=max_new_tokens,
         gap_ms=gap_ms,
+        rounds=rounds,
         torch_threads=torch_threads,
     )
     if not as_json:
