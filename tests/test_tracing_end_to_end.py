@@ -319,6 +319,8 @@ def test_bench_tracing_times_both_arms_side_by_side(
     assert 0 < report["new_tokens_median"] <= report["max_new_tokens"]
     low, high = report["median_ratio_ci95"]
     assert low <= report["median_ratio"] <= high
+    low, high = report["median_paired_ratio_ci95"]
+    assert low <= report["median_paired_ratio"] <= high
 
 
 def test_median_ratio_interval_is_as_wide_as_the_noise() -> None:
@@ -332,10 +334,11 @@ def test_median_ratio_interval_is_as_wide_as_the_noise() -> None:
 
 
 def test_paired_median_ratio_cancels_the_order_within_pairs() -> None:
-    from c2c.benchmarks.tracing import paired_median_ratio
+    from c2c.benchmarks.tracing import paired_median_ratio, paired_median_ratio_interval
 
     # True ratio 1.02; whichever request runs second in its pair is 3% slower, the orders
     # alternating ("on" first in even pairs) as the bench runs them.
     off = [100.0 + (i * 17) % 30 for i in range(40)]
     on = [base * 1.02 * (1 / 1.03 if i % 2 == 0 else 1.03) for i, base in enumerate(off)]
     assert paired_median_ratio(on, off) == pytest.approx(1.02)
+    assert paired_median_ratio_interval(on, off) == pytest.approx((1.02, 1.02))

@@ -5,10 +5,11 @@ one exports every span over OTLP/gRPC (batch processor, as in production) to a s
 process, the other runs with the OpenTelemetry SDK disabled. The same requests alternate between
 them (on/off, then off/on), so drift in machine load hits both arms alike; the result is the ratio
 of median end-to-end latencies seen by a client. Each round (``rounds``) starts fresh deployments,
-the other one first, so neither arm always gets the first-started processes. The services get no ``OTEL_*`` settings beyond
-the exporter's, so the batch processor runs on the SDK's defaults (an export every 5 s, at most
-512 spans a batch). Load from other processes swamps the difference being measured, so the
-result carries the machine's load average from before the bench started anything.
+the other one first, so neither arm always gets the first-started processes. The services get no
+``OTEL_*`` settings beyond the exporter's, so the batch processor runs on the SDK's defaults (an
+export every 5 s, at most 512 spans a batch). Load from other processes swamps the difference
+being measured, so the result carries the machine's load average from before the bench started
+anything.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class TracingBenchResult:
     median_ratio: float
     # Each on/off pair ran back to back, which cancels slow load drift; see paired_median_ratio.
     median_paired_ratio: float
+    # 95% bootstrap interval of median_paired_ratio (pairs resampled).
+    median_paired_ratio_ci95: tuple[float, float]
     # 95% bootstrap interval of median_ratio (requests resampled): how far noise alone moves it.
     median_ratio_ci95: tuple[float, float]
     target_median_ratio: float
@@ -226,8 +229,33 @@ def paired_median_ratio(on: list[float], off: list[float]) -> float:
     The request in a pair that follows one to its own deployment runs on warmer caches (measured
     here: about 3% faster), so each order alone is biased and the orders alternate to cancel it.
     """
+    on_first, off_first = _pair_log_ratios(on, off)
+    return _balanced_ratio(on_first, off_first)
+
+
+def paired_median_ratio_interval(
+    on: list[float], off: list[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of ``paired_median_ratio``; pairs resampled within each order."""
+    rng = random.Random(seed)
+    on_first, off_first = _pair_log_ratios(on, off)
+    ratios = sorted(
+        _balanced_ratio(
+            rng.choices(on_first, k=len(on_first)), rng.choices(off_first, k=len(off_first))
+        )
+        for _ in range(resamples)
+    )
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def _pair_log_ratios(on: list[float], off: list[float]) -> tuple[list[float], list[float]]:
+    """log(on/off) of the pairs that ran "on" first (even) and of those that ran it second."""
     log_ratios = [math.log(a / b) for a, b in zip(on, off, strict=True)]
-    return math.exp((statistics.median(log_ratios[0::2]) + statistics.median(log_ratios[1::2])) / 2)
+    return log_ratios[0::2], log_ratios[1::2]
+
+
+def _balanced_ratio(on_first: list[float], off_first: list[float]) -> float:
+    return math.exp((statistics.median(on_first) + statistics.median(off_first)) / 2)
 
 
 def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
@@ -293,6 +321,7 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         tracing_off=off,
         median_ratio=ratio,
         median_paired_ratio=paired_median_ratio(on.latencies_ms, off.latencies_ms),
+        median_paired_ratio_ci95=paired_median_ratio_interval(on.latencies_ms, off.latencies_ms),
         median_ratio_ci95=median_ratio_interval(on.latencies_ms, off.latencies_ms),
         target_median_ratio=TARGET_MEDIAN_RATIO,
         meets_target=ratio <= TARGET_MEDIAN_RATIO,
