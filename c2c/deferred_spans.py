@@ -1,8 +1,8 @@
 """Leaf spans recorded as plain data during a request and built into OpenTelemetry spans after it.
 
 In a service process busy with model work, each SDK span start costs about 70 µs and each event
-about 35 µs (measured inside the running services; a micro-benchmark reads a quarter of that):
-the receiver's and sharer's leaf spans cost a request well over a millisecond that way. A deferred
+about 35 µs (measured inside the running services; a micro-benchmark reads several times less):
+the receiver's and sharer's leaf spans cost a request over a millisecond that way. A deferred
 span costs two clock readings, a dict and a list append. Inside ``deferring_leaf_spans`` the SDK
 builds the same spans, with the recorded timestamps, events and errors, once the RPC has
 completed (``after_rpc`` is ``ServicerContext.add_callback``): off the latency the client sees.
