@@ -24,6 +24,10 @@ from opentelemetry.util.types import AttributeValue
 
 _tracer = trace.get_tracer(__name__)
 
+AfterRpc = Callable[[Callable[[], None]], bool]
+"""Registers a callback to run once the RPC has completed and says whether it could
+(``grpc.ServicerContext.add_callback``)."""
+
 # The current request's deferred spans; None outside ``deferring_leaf_spans``. Worker threads
 # started with a copy of the request's context append to the same list.
 _pending: ContextVar[list[DeferredSpan] | None] = ContextVar("c2c_deferred_spans", default=None)
@@ -102,9 +106,7 @@ def leaf_span(name: str) -> Iterator[DeferredSpan | trace.Span]:
 
 
 @contextmanager
-def deferring_leaf_spans(
-    after_rpc: Callable[[Callable[[], None]], bool] | None = None,
-) -> Iterator[None]:
+def deferring_leaf_spans(after_rpc: AfterRpc | None = None) -> Iterator[None]:
     """Leaf spans opened inside are built by ``after_rpc``'s callback (``add_callback`` of the
     RPC's ``ServicerContext``: when the RPC has completed) or, without one or once the RPC has
     already ended, as the block exits."""

@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -52,7 +52,7 @@ from opentelemetry.trace import SpanKind, format_trace_id
 from prometheus_client import start_http_server
 
 from c2c import __version__
-from c2c.deferred_spans import deferring_leaf_spans
+from c2c.deferred_spans import AfterRpc, deferring_leaf_spans
 
 _logger = logging.getLogger(__name__)
 
@@ -383,9 +383,7 @@ _tracer = trace.get_tracer(__name__)
 
 
 @contextmanager
-def rpc_server_span(
-    name: str, after_rpc: Callable[[Callable[[], None]], bool] | None = None
-) -> Iterator[trace.Span]:
+def rpc_server_span(name: str, after_rpc: AfterRpc | None = None) -> Iterator[trace.Span]:
     """The span of this RPC's server side, named ``name``, current inside the block.
 
     In a handler the instrumentation's SERVER span is current: it is renamed and used rather than

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from transformers import DynamicCache
 
 from c2c.active_requests import ActiveRequests
-from c2c.deferred_spans import leaf_span
+from c2c.deferred_spans import AfterRpc, leaf_span
 from c2c.errors import (
     BadRequest,
     BadStream,
@@ -199,7 +199,7 @@ class ReceiverPipeline:
         outcome: Outcome,
         is_cancelled: Callable[[], bool] = lambda: False,
         time_remaining: Callable[[], float | None] = lambda: None,
-        after_rpc: Callable[[Callable[[], None]], bool] | None = None,
+        after_rpc: AfterRpc | None = None,
     ) -> Iterator[TextDelta]:
         """Answer ``request``, yielding text deltas as they decode; ``outcome`` holds the rest.
 

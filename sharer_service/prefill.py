@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from c2c.active_requests import ActiveRequests
-from c2c.deferred_spans import leaf_span
+from c2c.deferred_spans import AfterRpc, leaf_span
 from c2c.errors import BadRequest
 from c2c.generation import (
     GenerationResult,
@@ -281,7 +281,7 @@ class SharerPrefill:
         self,
         plan: PrefillPlan,
         is_cancelled: Callable[[], bool],
-        after_rpc: Callable[[Callable[[], None]], bool] | None = None,
+        after_rpc: AfterRpc | None = None,
     ) -> Iterator:
         """Header, the requested layers in order, trailer; stops as soon as ``is_cancelled``.
 
