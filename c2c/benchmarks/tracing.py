@@ -21,7 +21,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -213,13 +213,23 @@ def median_ratio_interval(
     on: list[float], off: list[float], resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
     """95% bootstrap interval of ``median(on) / median(off)``; each arm is resampled on its own."""
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(on, k=len(on)))
-        / statistics.median(rng.choices(off, k=len(off)))
-        for _ in range(resamples)
+    return _bootstrap_interval(
+        lambda rng: (
+            statistics.median(rng.choices(on, k=len(on)))
+            / statistics.median(rng.choices(off, k=len(off)))
+        ),
+        resamples,
+        seed,
     )
-    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
+def _bootstrap_interval(
+    resampled_statistic: Callable[[random.Random], float], resamples: int, seed: int
+) -> tuple[float, float]:
+    """The central 95% of ``resamples`` draws of ``resampled_statistic``."""
+    rng = random.Random(seed)
+    draws = sorted(resampled_statistic(rng) for _ in range(resamples))
+    return draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]
 
 
 def paired_median_ratio(on: list[float], off: list[float]) -> float:
@@ -237,15 +247,14 @@ def paired_median_ratio_interval(
     on: list[float], off: list[float], resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
     """95% bootstrap interval of ``paired_median_ratio``; pairs resampled within each order."""
-    rng = random.Random(seed)
     on_first, off_first = _pair_log_ratios(on, off)
-    ratios = sorted(
-        _balanced_ratio(
+    return _bootstrap_interval(
+        lambda rng: _balanced_ratio(
             rng.choices(on_first, k=len(on_first)), rng.choices(off_first, k=len(off_first))
-        )
-        for _ in range(resamples)
+        ),
+        resamples,
+        seed,
     )
-    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
 def _pair_log_ratios(on: list[float], off: list[float]) -> tuple[list[float], list[float]]:
@@ -264,15 +273,21 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
         prompt=config.prompt, max_new_tokens=config.max_new_tokens, mode=c2c_pb2.MODE_C2C
     )
     load_at_start = os.getloadavg()[0]
-    arms = {
-        "on": ("traced", {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "none"}),
-        "off": ("untraced", {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "none"}),
-    }
     latencies: dict[str, list[float]] = {"on": [], "off": []}
     new_tokens: list[int] = []
     pair_index = 0
     with running_span_sink() as (sink, sink_port):
-        arms["on"][1]["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+        arms = {
+            "on": (
+                "traced",
+                {
+                    "OTEL_TRACES_EXPORTER": "otlp",
+                    "OTEL_METRICS_EXPORTER": "none",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                },
+            ),
+            "off": ("untraced", {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "none"}),
+        }
         for round_index in range(config.rounds):
             # The deployment started first ran about 1% slower in A/A runs: alternate it.
             start_order = ("on", "off") if round_index % 2 == 0 else ("off", "on")
