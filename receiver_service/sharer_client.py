@@ -11,6 +11,7 @@ import contextvars
 import queue
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 
 import grpc
@@ -95,8 +96,10 @@ class KVTransfer:
     def _receive(self) -> None:
         decoder = self._decoder
         try:
-            with trace.use_span(self._span, end_on_exit=False):
-                messages = iter(self._call)
+            # The call is closed here, not left to the garbage collector: an abandoned stream
+            # (a bad message) would otherwise end its CLIENT span on whichever thread collects
+            # it, detaching a context that thread never attached.
+            with trace.use_span(self._span, end_on_exit=False), closing(self._call) as messages:
                 # The first read starts the RPC, so its client span is a child of this one.
                 first = next(messages, None)
                 with leaf_span("kv.decode") as decode_span:

@@ -6,6 +6,7 @@ be compared for equality with the in-process reference (``fuser.fused_prefill``)
 
 from __future__ import annotations
 
+import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from fuser.checkpoint import load_checkpoint, save_checkpoint
 from fuser.fused_prefill import fused_prompt_cache, sharer_aligned_kv
 from fuser.fuser import C2CFuser
 from protos import c2c_pb2
-from tests.service_harness import random_fuser, receiver_stub, start_receiver, start_sharer
+from tests.service_harness import (
+    ProxySharer,
+    random_fuser,
+    receiver_stub,
+    start_proxy,
+    start_receiver,
+    start_sharer,
+)
 from tests.tiny_models import TinyPair
 
 PROMPTS = [
@@ -315,3 +323,34 @@ def test_fallback_and_failure_are_visible_on_the_request_span(
         assert failed and any(event.name == "exception" for event in failed[-1].events)
     finally:
         deployed.receiver_server.stop(0)
+
+
+def test_a_corrupt_stream_ends_its_client_span_within_the_transfer(
+    tiny_pair_dirs: TinyPair, tmp_path: Path, recorded_spans: InMemorySpanExporter
+) -> None:
+    """The receiver closes a Prefill call it abandons; left to the garbage collector, the call's
+    CLIENT span ended late, on whatever thread collected it, which logged a context error."""
+    sharer_dir = tiny_pair_dirs.llama_sharer
+    fuser_dir = save_checkpoint(random_fuser(tiny_pair_dirs.receiver, sharer_dir), tmp_path)
+    sharer = start_sharer(sharer_dir)
+    proxy_server, proxy_port = start_proxy(ProxySharer(sharer.port, flip_byte=True))
+    receiver = start_receiver(tiny_pair_dirs.receiver, fuser_dir, proxy_port)
+    prefill_call = "/c2c.v1.Sharer/Prefill"
+    gc.disable()  # so that only the receiver itself can end the abandoned call
+    try:
+        reply = receiver_stub(receiver.port).Generate(
+            c2c_pb2.GenerateRequest(prompt=PROMPTS[0], max_new_tokens=2, allow_fallback=True),
+            timeout=60,
+        )
+        spans = spans_of(recorded_spans, reply.trace_id, (prefill_call, "network.transfer"))
+    finally:
+        gc.enable()
+        receiver.stop(0)
+        proxy_server.stop(0)
+        sharer.stop(0)
+    assert "CRC" in reply.fallback_reason
+    assert prefill_call in spans, sorted(spans)
+    (call,) = spans[prefill_call]
+    (transfer,) = spans["network.transfer"]
+    assert call.parent.span_id == transfer.context.span_id
+    assert call.end_time <= transfer.end_time

@@ -7,7 +7,6 @@ import datetime
 import ipaddress
 import socket
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -19,66 +18,19 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from protos import c2c_pb2, c2c_pb2_grpc
+from protos import c2c_pb2
 from tests.service_harness import (
+    ProxySharer,
     receiver_stub,
     save_random_fuser,
     sharer_stub,
+    start_proxy,
     start_receiver,
     start_sharer,
 )
 from tests.tiny_models import TinyPair
 
 PROMPT = "The red cat sleeps. Say the animal and its color:"
-
-
-class ProxySharer(c2c_pb2_grpc.SharerServicer):
-    """A sharer in front of a real one that can be slow or flip a byte of the KV stream.
-
-    Upstream failures are passed on as the upstream status, as a real sharer would answer.
-    """
-
-    def __init__(self, target_port: int, delay_s: float = 0.0, flip_byte: bool = False) -> None:
-        self.real = sharer_stub(target_port)
-        self.delay_s = delay_s
-        self.flip_byte = flip_byte
-
-    def Describe(self, request, context):
-        try:
-            return self.real.Describe(request)
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
-
-    def GenerateText(self, request, context):
-        time.sleep(self.delay_s)
-        try:
-            return self.real.GenerateText(request)
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
-
-    def Prefill(self, request, context):
-        time.sleep(self.delay_s)
-        if not context.is_active():
-            return
-        flipped = False
-        try:
-            for message in self.real.Prefill(request):
-                if self.flip_byte and not flipped and message.HasField("piece"):
-                    data = bytearray(message.piece.data)
-                    data[len(data) // 2] ^= 0x01
-                    message.piece.data = bytes(data)
-                    flipped = True
-                yield message
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
-
-
-def start_proxy(proxy: ProxySharer) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    c2c_pb2_grpc.add_SharerServicer_to_server(proxy, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
 
 
 @pytest.fixture(scope="module")

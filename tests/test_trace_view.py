@@ -43,7 +43,11 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
 
 
 def show(*args: str) -> tuple[int, list[str]]:
+    """Exit code and output lines of `c2c trace show ARGS`; an exception the command let escape
+    is raised here, with its traceback, rather than read as empty output."""
     result = CliRunner().invoke(app, ["trace", "show", *args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
     return result.exit_code, result.output.splitlines()
 
 
@@ -182,7 +186,8 @@ def test_a_trace_id_selects_that_trace(handwritten: Path) -> None:
 
 
 def test_error_status_is_shown_with_its_message(handwritten: Path) -> None:
-    _, lines = show(str(handwritten))
+    code, lines = show(str(handwritten))
+    assert code == 0, lines
     tail = next(row for row in rows(lines) if row.name == "tail")
     assert "ERROR(sharer down)" in tail.text
 
