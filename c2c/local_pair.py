@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,10 +86,25 @@ def bundled_questions() -> Path:
     return bundled_pair().eval_questions
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A 127.0.0.1 port nothing listens on, never one this process handed out before.
+
+    The kernel picks a closed port at random and may offer the same one twice in a row; two
+    children told the same port would have one fail to bind while the other answered its health
+    check, and requests meant for one would reach the other.
+    """
+    with _handed_out_lock:
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 @dataclass
