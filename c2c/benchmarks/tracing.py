@@ -5,11 +5,11 @@ one exports every span over OTLP/gRPC (batch processor, as in production) to a s
 process, the other runs with the OpenTelemetry SDK disabled. The same requests alternate between
 them (on/off, then off/on), so drift in machine load hits both arms alike; the result is the ratio
 of median end-to-end latencies seen by a client. Each round (``rounds``) starts fresh deployments,
-the other one first, so neither arm always gets the first-started processes. The services get no
-``OTEL_*`` settings beyond the exporter's, so the batch processor runs on the SDK's defaults (an
-export every 5 s, at most 512 spans a batch). Load from other processes swamps the difference
-being measured, so the result carries the machine's load average from before the bench started
-anything.
+all four services at once, the other arm first, so neither arm always gets the first-started
+processes. The services get no ``OTEL_*`` settings beyond the exporter's, so the batch processor
+runs on the SDK's defaults (an export every 5 s, at most 512 spans a batch). Load from other
+processes swamps the difference being measured, so the result carries the machine's load average
+from before the bench started anything.
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ class TracingBenchConfig:
     # request's leaf spans, see c2c.deferred_spans) runs before the other arm's request and not
     # during it, which would slow the untraced arm and flatter the ratio.
     gap_ms: float = 10.0
-    # Fresh deployments per round, started in the other order each time.
-    rounds: int = 2
+    # Fresh deployments per round, started in the other order each time: A/A runs (both arms
+    # untraced, 100 requests) read ratios from 0.98 to 1.06, so no one pair of deployments
+    # decides the figure. A round costs about 15 s of start-up on a 2-core machine.
+    rounds: int = 4
     # One intra-op thread per service: four services on a small CPU machine otherwise fight over
     # cores, and that noise dwarfs what tracing costs. Both arms get the same.
     torch_threads: int = 1
@@ -160,29 +162,34 @@ def otel_free_env(**otel: str) -> dict[str, str]:
 
 
 @contextmanager
-def deployment(config: TracingBenchConfig, name: str, otel: dict[str, str]) -> Iterator[int]:
-    """A sharer and a receiver on 127.0.0.1 with ``otel`` in their environment; yields the
-    receiver's port and stops both on exit."""
-    env = otel_free_env(**otel)
-    env.setdefault("OMP_NUM_THREADS", str(config.torch_threads))
+def deployments(
+    config: TracingBenchConfig, arms: dict[str, tuple[str, dict[str, str]]]
+) -> Iterator[dict[str, int]]:
+    """For each arm (name and ``OTEL_*`` settings), a sharer and a receiver on 127.0.0.1, all
+    started at once in the arms' order (a receiver checks its sharer again when it first needs
+    it); yields each arm's receiver port and stops every service on exit."""
     started: list[ServiceProcess] = []
+    receivers: dict[str, ServiceProcess] = {}
     try:
-        sharer = spawn_service(
-            "sharer_service.cli",
-            ["--model", str(config.sharer_model)],
-            {**env, "OTEL_SERVICE_NAME": f"{name}-sharer"},
-        )
-        started.append(sharer)
-        sharer.wait_serving(config.startup_timeout_s)
-        receiver = spawn_service(
-            "receiver_service.cli",
-            ["--model", str(config.receiver_model), "--fuser", str(config.fuser)]
-            + ["--sharer", f"127.0.0.1:{sharer.port}"],
-            {**env, "OTEL_SERVICE_NAME": f"{name}-receiver"},
-        )
-        started.append(receiver)
-        receiver.wait_serving(config.startup_timeout_s)
-        yield receiver.port
+        for arm, (name, otel) in arms.items():
+            env = otel_free_env(**otel)
+            env.setdefault("OMP_NUM_THREADS", str(config.torch_threads))
+            sharer = spawn_service(
+                "sharer_service.cli",
+                ["--model", str(config.sharer_model)],
+                {**env, "OTEL_SERVICE_NAME": f"{name}-sharer"},
+            )
+            started.append(sharer)
+            receivers[arm] = spawn_service(
+                "receiver_service.cli",
+                ["--model", str(config.receiver_model), "--fuser", str(config.fuser)]
+                + ["--sharer", f"127.0.0.1:{sharer.port}"],
+                {**env, "OTEL_SERVICE_NAME": f"{name}-receiver"},
+            )
+            started.append(receivers[arm])
+        for service in started:
+            service.wait_serving(config.startup_timeout_s)
+        yield {arm: receiver.port for arm, receiver in receivers.items()}
     finally:
         stop_services(started)
 
@@ -294,9 +301,9 @@ def run_tracing_bench(config: TracingBenchConfig) -> TracingBenchResult:
             pairs = config.requests // config.rounds
             pairs += 1 if round_index < config.requests % config.rounds else 0
             with ExitStack() as stack:
-                ports = {
-                    arm: stack.enter_context(deployment(config, *arms[arm])) for arm in start_order
-                }
+                ports = stack.enter_context(
+                    deployments(config, {arm: arms[arm] for arm in start_order})
+                )
                 stubs = {
                     arm: c2c_pb2_grpc.ReceiverStub(
                         stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -356,7 +363,7 @@ def tracing_command(
     ] = 10.0,
     rounds: Annotated[
         int, typer.Option(min=1, help="Fresh deployments this many times, start order swapped.")
-    ] = 2,
+    ] = 4,
     torch_threads: Annotated[
         int, typer.Option(min=1, help="OMP_NUM_THREADS of each service (unless already set).")
     ] = 1,
