@@ -7,9 +7,10 @@ command runs: most of them pull in torch and transformers, which would make ever
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
+import inspect
+import types
 from collections.abc import Mapping
 from typing import Union
 
@@ -47,16 +48,31 @@ def version_command() -> None:
 
 
 def _docstring_summary(module: str, function: str) -> str:
-    """First docstring line of `module.function`, read from source without importing it."""
+    """First docstring line of `module.function`, read from its compiled source without running it.
+
+    Compiled, not ``ast.parse``d: this runs for every command, and CPython 3.11's ``ast.parse``
+    fails with "AST constructor recursion depth mismatch" when re-entered, which a garbage
+    collector finalizer that logs a traceback (whose formatting parses) does.
+    """
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         return ""
     with open(spec.origin, encoding="utf-8") as source:
-        tree = ast.parse(source.read())
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == function:
-            return (ast.get_docstring(node) or "").split("\n", 1)[0]
+        code = compile(source.read(), spec.origin, "exec", dont_inherit=True)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType) and constant.co_name == function:
+            return _docstring(constant).split("\n", 1)[0]
     return ""
+
+
+def _docstring(code: types.CodeType) -> str:
+    """A function's docstring from its code object: its first constant, when that is one (3.14
+    flags it with CO_HAS_DOCSTRING; before, only a docstring can be a leading string constant)."""
+    flag = getattr(inspect, "CO_HAS_DOCSTRING", None)
+    if flag is not None and not code.co_flags & flag:
+        return ""
+    first = code.co_consts[0] if code.co_consts else None
+    return inspect.cleandoc(first) if isinstance(first, str) else ""
 
 
 class LazyCommand(TyperCommand):
