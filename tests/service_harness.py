@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -73,24 +75,20 @@ class ProxySharer(c2c_pb2_grpc.SharerServicer):
         self.flip_byte = flip_byte
 
     def Describe(self, request, context):
-        try:
+        with upstream_status(context):
             return self.real.Describe(request)
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
 
     def GenerateText(self, request, context):
         time.sleep(self.delay_s)
-        try:
+        with upstream_status(context):
             return self.real.GenerateText(request)
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
 
     def Prefill(self, request, context):
         time.sleep(self.delay_s)
         if not context.is_active():
             return
         flipped = False
-        try:
+        with upstream_status(context):
             for message in self.real.Prefill(request):
                 if self.flip_byte and not flipped and message.HasField("piece"):
                     data = bytearray(message.piece.data)
@@ -98,8 +96,15 @@ class ProxySharer(c2c_pb2_grpc.SharerServicer):
                     message.piece.data = bytes(data)
                     flipped = True
                 yield message
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
+
+
+@contextmanager
+def upstream_status(context: grpc.ServicerContext) -> Iterator[None]:
+    """Abort the proxied RPC with the status the real sharer's call failed with."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        context.abort(error.code(), error.details())
 
 
 def start_proxy(proxy: ProxySharer) -> tuple[grpc.Server, int]:
